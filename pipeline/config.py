@@ -1,0 +1,175 @@
+"""Typed job configs: YAML files in `configs/`, `--set key=value` overrides, clear validation errors.
+
+Math modules keep their own frozen dataclasses (`GroupingConfig`, `TrackerConfig`, `ModelConfig`); the job configs
+here embed them, so every default is defined once, next to the code it tunes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+T = TypeVar("T", bound=BaseModel)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which key and why."""
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`decode.fps=5` -> (["decode", "fps"], 5). Values are parsed as YAML, so `true`, `[1, 2]` and `null` work."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. --set decode.fps=5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Set nested keys of a plain dict from `key.sub=value` strings."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (configs live in {CONFIG_DIR})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = "unknown key (check the spelling, or see configs/ for the valid keys)" \
+            if item["type"] in ("extra_forbidden", "unexpected_keyword_argument") else item["msg"]
+        lines.append(f"  {key}: {message}; got {item.get('input')!r}")
+    return "\n".join(lines)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+    """Build a config of type `cls` from an optional YAML file plus `key=value` overrides.
+
+    Raises:
+        ConfigError: naming the offending key, what was expected and what came.
+    """
+    overrides = list(overrides)
+    data = read_yaml(path) if path else {}
+    apply_overrides(data, overrides)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        source = " + ".join(filter(None, [str(path) if path else "", " ".join(f"--set {o}" for o in overrides)]))
+        raise ConfigError(format_validation_error(exc, source or "defaults")) from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default: str | Path | None) -> None:
+    parser.add_argument("--config", default=str(default) if default else None,
+                        help=f"YAML config file (default: {default})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set decode.fps=5 (repeatable)")
+
+
+def config_hash(config: BaseModel) -> str:
+    """Stable short hash of a config's content, recorded with each run and checkpoint."""
+    payload = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --- the main job's config ------------------------------------------------------------------------------------------
+
+from typing import Literal  # noqa: E402  (kept beside the job config it serves)
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator  # noqa: E402
+
+from pipeline.grouping import GroupingConfig  # noqa: E402
+from pipeline.tracking import TrackerConfig  # noqa: E402
+
+DEFAULT_RUN_CONFIG = CONFIG_DIR / "default.yaml"
+
+
+class DecodeSettings(StrictModel):
+    every_nth: PositiveInt = 1                   # decode every Nth frame
+    fps: PositiveFloat | None = None             # target sampling rate; wins over every_nth when below the video's
+    max_frames: PositiveInt | None = None        # cap per video (the first frames are kept)
+    batch_size: PositiveInt = 32                 # frames per batch handed to inference
+    workers: PositiveInt | None = None           # decode actors; None: a quarter of the cluster's CPUs, at least 1
+    threads: PositiveInt = 1                     # decord threads per decode actor
+    timeout_s: PositiveFloat = 900.0             # a video that takes longer becomes an error row
+    cache_dir: str | None = None                 # local folder for remote videos while they decode (default: tmp)
+
+
+class ModelSettings(StrictModel):
+    checkpoint: str = "models/posepipe-synthetic.pt"  # local path or URI (s3://..., file://...)
+    device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: cuda when the actor has a GPU, else cpu
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on cuda; cpu always runs fp32
+    batch_size: PositiveInt = 16                 # frames per forward pass
+    workers: PositiveInt | None = None           # inference actors; None: one per GPU, else half the CPUs
+    threads: PositiveInt | None = None           # torch threads per CPU actor; None: the CPUs it reserved
+    cpus_per_worker: PositiveFloat = 1.0         # CPUs reserved by each inference actor
+
+
+class WriteSettings(StrictModel):
+    date: str | None = None                      # partition date YYYY-MM-DD; None: the run's start date (UTC)
+    incremental: bool = True                     # skip videos already processed with the same size and version
+
+    @field_validator("date")
+    @classmethod
+    def _check_date(cls, value: str | None) -> str | None:
+        import datetime as dt
+
+        if value is not None:
+            try:
+                dt.date.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
+        return value
+
+
+class RaySettings(StrictModel):
+    address: str | None = None                   # None: start Ray in-process; "auto" or "ray://host:10001"
+    num_cpus: PositiveInt | None = None          # for the in-process Ray only; None: all of the machine's
+
+
+class RunConfig(StrictModel):
+    input: str | None = None                     # folder, video file or URI of the archive
+    output: str | None = None                    # folder or URI for the Parquet tables
+    storage_options: dict[str, Any] = Field(default_factory=dict)  # fsspec options, e.g. {endpoint_url: ...}
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    grouping: GroupingConfig = GroupingConfig()
+    tracking: TrackerConfig = TrackerConfig()
+    write: WriteSettings = Field(default_factory=WriteSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)

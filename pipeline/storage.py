@@ -1,0 +1,74 @@
+"""Filesystems behind URIs: local paths, s3://, gs://, memory:// and any other fsspec protocol, one code path.
+
+Credentials come from the standard chains of each filesystem (for S3: environment, profile, instance role);
+`storage_options` carries non-secret settings such as an S3-compatible `endpoint_url`. Object-store writes are
+single PUTs, which are atomic; local writes go to a temporary name and are renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+logger = logging.getLogger(__name__)
+
+
+def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """URI -> (filesystem, path inside it). `s3://b/k` -> (S3FileSystem, "b/k"); `/x` -> (LocalFileSystem, "/x")."""
+    fs, path = fsspec.core.url_to_fs(uri, **fs_options(uri, storage_options))
+    return fs, path
+
+
+def fs_options(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Options for the URI's filesystem; `endpoint_url` is placed where s3fs expects it."""
+    options = dict(storage_options or {})
+    if uri.startswith(("s3://", "s3a://")):
+        endpoint = options.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL_S3") \
+            or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
+    return options
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI or path parts with '/', keeping the protocol of `base`."""
+    return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts if p])
+
+
+def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Path inside `fs` -> a URI that `resolve` turns back into the same file (local paths stay plain)."""
+    return os.path.abspath(path) if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write a whole file so that readers see either nothing or all of it."""
+    if is_local(fs):
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)  # one PUT: atomic on object stores; no directory markers
+
+
+def write_parquet_atomic(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
+    """One Parquet file written atomically (see `write_bytes_atomic`)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomic(fs, path, sink.getvalue().to_pybytes())
+    logger.debug("wrote %d rows to %s", table.num_rows, path)
