@@ -1,0 +1,250 @@
+"""`posepipe run`: a folder or archive of videos in, keypoint tracks as hive-partitioned Parquet out.
+
+    read (driver lists refs) -> decode (CPU actors, decord) -> infer (GPU/CPU actors: network, peaks, grouping)
+    -> assemble per video (driver) -> track -> write Parquet (atomic, one file per video and table)
+
+Exit status: 0 clean, 3 partial (some videos failed, the rest written), 1 failed, 2 bad config or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import DEFAULT_RUN_CONFIG, ConfigError, RunConfig, add_config_arguments, config_hash, load_config
+
+logger = logging.getLogger("posepipe.run")
+
+EXIT_CLEAN, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+SECRET_KEYS = ("key", "secret", "token", "password", "credential")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    output: str
+    videos_listed: int = 0
+    videos_ok: int = 0
+    videos_failed: int = 0
+    videos_skipped: int = 0
+    frames: int = 0
+    people: int = 0
+    tracks: int = 0
+    seconds: float = 0.0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (uri, error)
+
+    @property
+    def status(self) -> str:
+        if self.videos_failed == 0:
+            return "clean"
+        return "partial" if self.videos_ok else "failed"
+
+    @property
+    def exit_code(self) -> int:
+        return {"clean": EXIT_CLEAN, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}[self.status]
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def redact(value: Any) -> Any:
+    """The config as written into outputs: values of credential-like keys replaced."""
+    if isinstance(value, dict):
+        return {k: "***" if any(s in k.lower() for s in SECRET_KEYS) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import version
+    return version("posepipe")
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """Relative local checkpoint paths resolve against the working directory, then the repository root."""
+    if "://" in uri or os.path.isabs(uri) or os.path.exists(uri):
+        return os.path.abspath(uri) if "://" not in uri else uri
+    repo_path = Path(__file__).resolve().parent.parent / uri
+    return str(repo_path) if repo_path.exists() else uri
+
+
+def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
+    """Everything that can fail fast, before Ray starts: input listing and the checkpoint."""
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.read import list_videos
+
+    if not config.input or not config.output:
+        raise ConfigError("both --input (videos) and --output (Parquet destination) are required")
+    refs = list_videos(config.input, config.storage_options)
+    try:
+        _, meta = load_checkpoint(config.model.checkpoint, storage_options=config.storage_options)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"model.checkpoint {config.model.checkpoint!r} not found ({exc}); train one with "
+                          f"`posepipe train` or point --set model.checkpoint=URI at an existing file") from None
+    return refs, meta
+
+
+def init_ray(config: RunConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if config.ray.address:
+        ray.init(address=config.ray.address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def pool_sizes(config: RunConfig) -> tuple[int, int, float, int | None]:
+    """(decode actors, inference actors, GPUs per inference actor, torch threads) from config and the cluster."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    use_gpu = gpus > 0 and config.model.device in ("auto", "cuda")
+    decode = config.decode.workers or max(1, cpus // 4)
+    infer = config.model.workers or (gpus if use_gpu else max(1, (cpus - decode) // max(1, int(config.model.cpus_per_worker))))
+    threads = config.model.threads or (None if use_gpu else max(1, int(config.model.cpus_per_worker)))
+    return decode, infer, (1.0 if use_gpu else 0.0), threads
+
+
+def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
+    """The Ray Data plan: refs -> decoded frame batches -> per-person rows."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from pipeline.decode import FrameDecoder
+    from pipeline.inference import PoseEstimator
+
+    decode_workers, infer_workers, gpus, threads = pool_sizes(config)
+    logger.info("decode actors %d, inference actors %d (gpus each %.0f)", decode_workers, infer_workers, gpus)
+    ds = ray.data.from_items(refs, override_num_blocks=max(1, len(refs)))
+    ds = ds.map_batches(
+        FrameDecoder, batch_size=1, compute=ActorPoolStrategy(size=decode_workers), num_cpus=1,
+        fn_constructor_kwargs=dict(size=input_size, every_nth=config.decode.every_nth, fps=config.decode.fps,
+                                   max_frames=config.decode.max_frames, batch_size=config.decode.batch_size,
+                                   threads=config.decode.threads, storage_options=config.storage_options,
+                                   cache_dir=config.decode.cache_dir))
+    ds = ds.map_batches(
+        PoseEstimator, batch_size=config.model.batch_size, compute=ActorPoolStrategy(size=infer_workers),
+        num_gpus=gpus, num_cpus=0 if gpus else config.model.cpus_per_worker,
+        fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
+                                   precision=config.model.precision, grouping=config.grouping, threads=threads,
+                                   storage_options=config.storage_options))
+    return ds
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Run the whole job; returns the summary (also written to the `runs` table)."""
+    from pipeline.assembly import VideoAssembler, track
+    from pipeline.write import OutputWriter
+
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    config = config.model_copy(update={"model": config.model.model_copy(
+        update={"checkpoint": resolve_checkpoint(config.model.checkpoint)})})
+    refs, meta = check_inputs(config)
+    run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    date = config.write.date or started.date().isoformat()
+    summary = RunSummary(run_id=run_id, output=config.output, videos_listed=len(refs))
+    writer = OutputWriter(config.output, date, config.storage_options)
+    by_id = {ref["video_id"]: ref for ref in refs}
+
+    def finish(ref: dict, video) -> None:
+        frames = track(video, config.tracking)
+        frames_tbl, tracks_tbl = writer.write_video(ref, frames)
+        summary.frames += len(frames)
+        summary.people += frames_tbl.num_rows
+        summary.tracks += tracks_tbl.num_rows
+        if video.error:
+            writer.write_error(ref, run_id, video.error, len(frames))
+            summary.videos_failed += 1
+            summary.errors.append((ref["uri"], video.error))
+        else:
+            summary.videos_ok += 1
+
+    if refs:
+        init_ray(config)
+        assembler = VideoAssembler()
+        for batch in build_dataset(refs, config, int(meta["input_size"])).iter_batches(
+                batch_format="numpy", batch_size=None):
+            for video in assembler.add(batch):
+                finish(by_id[video.video_id], video)
+        for video in assembler.pending.values():  # only if a stage lost rows: recorded, never silently dropped
+            video.error = video.error or "assemble|Incomplete|the video's rows did not all arrive"
+            finish(by_id[video.video_id], video)
+    summary.seconds = time.perf_counter() - t0
+    writer.write_run({
+        "run_id": run_id, "status": summary.status, "started_at": started,
+        "finished_at": dt.datetime.now(dt.timezone.utc), "input": config.input,
+        "config_hash": config_hash(config), "config_json": json.dumps(redact(config.model_dump(mode="json"))),
+        "code_version": code_version(), "videos_listed": summary.videos_listed, "videos_ok": summary.videos_ok,
+        "videos_failed": summary.videos_failed, "videos_skipped": summary.videos_skipped,
+        "frames": summary.frames, "people": summary.people, "tracks": summary.tracks,
+        "seconds": summary.seconds, "frames_per_second": summary.frames_per_second,
+    })
+    return summary
+
+
+def print_summary(summary: RunSummary) -> None:
+    print(f"\nposepipe run {summary.run_id}: {summary.status}")
+    print(f"  videos   {summary.videos_ok} ok / {summary.videos_failed} failed / {summary.videos_skipped} skipped "
+          f"(of {summary.videos_listed} listed)")
+    print(f"  frames   {summary.frames}  people found {summary.people}  tracks {summary.tracks}")
+    print(f"  speed    {summary.frames_per_second:.1f} frames/s over {summary.seconds:.1f} s")
+    for uri, error in summary.errors:
+        print(f"  failed   {uri}: {error}")
+    print(f"  output   {summary.output}  (tables: frames, tracks, errors, runs)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="posepipe run", description=__doc__.split("\n")[0])
+    parser.add_argument("--input", help="folder, video file or URI of the archive (overrides `input:`)")
+    parser.add_argument("--output", help="folder or URI for the Parquet tables (overrides `output:`)")
+    add_config_arguments(parser, DEFAULT_RUN_CONFIG)
+    return parser.parse_args(argv)
+
+
+def load_run_config(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.overrides)
+    overrides += [f"input={args.input}"] if args.input else []
+    overrides += [f"output={args.output}"] if args.output else []
+    return load_config(RunConfig, args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.read import InputError
+
+    args = parse_args(argv)
+    try:
+        summary = run(load_run_config(args))
+    except (ConfigError, InputError, CheckpointError) as exc:
+        print(f"posepipe run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print_summary(summary)
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

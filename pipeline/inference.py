@@ -1,0 +1,111 @@
+"""Infer stage: batched heatmap + PAF inference, peak decoding and grouping, all on the actor's device.
+
+Only compact per-person rows leave the actor: full heatmaps never travel through Ray's object store. Keypoints are
+mapped back heatmap -> model input -> original image pixels here, so every later stage works in image pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.grouping import GroupingConfig, group_people_batch
+from pipeline.heatmaps import heatmap_to_input
+from pipeline.keypoints import NUM_KEYPOINTS
+from pipeline.preprocess import IMAGE_MEAN, IMAGE_STD, Letterbox, normalize
+
+logger = logging.getLogger(__name__)
+
+PASSTHROUGH = ("video_id", "frame_index", "timestamp_s", "width", "height", "is_end", "num_frames", "error")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(device: str) -> torch.device:
+    """`auto` -> cuda when this process sees a GPU, else cpu; an explicit `cuda` without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device=cuda but no GPU is visible to this worker; use model.device=auto or cpu")
+    return torch.device(device)
+
+
+def missing_keypoints(n: int) -> np.ndarray:
+    """(n, K, 3) keypoints that were not found: x = y = NaN, score 0."""
+    out = np.full((n, NUM_KEYPOINTS, 3), np.nan, np.float32)
+    out[..., 2] = 0.0
+    return out
+
+
+def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarray, scores: np.ndarray,
+                size: int, stride: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """Map one frame's people from heatmap pixels to original-image pixels.
+
+    Returns the source row index per output row, person_index (R,), person_score (R,), keypoints (R, K, 3); a frame
+    without people gives one row with person_index -1, so downstream stages still see the frame.
+    """
+    if len(keypoints) == 0:
+        return [frame], np.array([-1], np.int32), np.zeros(1, np.float32), missing_keypoints(1)
+    letterbox = Letterbox.fit(int(columns["width"][frame]), int(columns["height"][frame]), size)
+    xy = letterbox.to_image(heatmap_to_input(keypoints[..., :2].astype(np.float64), stride))  # (P, K, 2)
+    out = np.concatenate([xy, keypoints[..., 2:3]], axis=-1).astype(np.float32)            # (P, K, 3)
+    return [frame] * len(keypoints), np.arange(len(keypoints), dtype=np.int32), scores.astype(np.float32), out
+
+
+class PoseEstimator:
+    """Ray Data UDF holding the network: frame batches in, one row per (frame, person) out; end markers pass."""
+
+    def __init__(self, checkpoint: str, device: str = "auto", precision: str = "fp32",
+                 grouping: GroupingConfig = GroupingConfig(), threads: int | None = None,
+                 storage_options: dict[str, Any] | None = None):
+        if threads:
+            torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
+        self.device = pick_device(device)
+        self.model, meta = load_checkpoint(checkpoint, map_location=self.device, storage_options=storage_options)
+        self.model.eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.size = int(meta["input_size"])
+        self.mean, self.std = tuple(meta.get("mean", IMAGE_MEAN)), tuple(meta.get("std", IMAGE_STD))
+        self.stride = int(getattr(self.model, "stride", 4))
+        self.autocast = AUTOCAST_DTYPES.get(precision) if self.device.type == "cuda" else None
+        self.grouping = grouping
+        logger.info("pose model on %s (%s), input %d", self.device, precision, self.size)
+
+    def predict(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """uint8 (B, S, S, 3) -> per image (keypoints (P, K, 3) heatmap px, scores (P,))."""
+        frames = torch.from_numpy(images)
+        if self.device.type == "cuda":
+            frames = frames.pin_memory().to(self.device, non_blocking=True)
+        x = normalize(frames, self.mean, self.std)                             # (B, 3, S, S)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast("cuda", dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            heatmaps, pafs = self.model(x)                                     # (B, K, h, w), (B, 2L, h, w)
+        return group_people_batch(heatmaps.float(), pafs.float(), self.grouping)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        real = np.flatnonzero(~batch["is_end"])
+        people = self.predict(batch["image"][real]) if len(real) else []
+        sources, person_index, person_score, keypoints = [], [], [], []
+        for row, (kp, scores) in zip(real, people):
+            src, idx, sc, xy = people_rows(batch, row, kp, scores, self.size, self.stride)
+            sources += src
+            person_index.append(idx)
+            person_score.append(sc)
+            keypoints.append(xy)
+        for row in np.flatnonzero(batch["is_end"]):  # end markers pass through unchanged
+            sources.append(row)
+            person_index.append(np.array([-1], np.int32))
+            person_score.append(np.zeros(1, np.float32))
+            keypoints.append(missing_keypoints(1))
+        out = {key: batch[key][sources] for key in PASSTHROUGH}
+        out["person_index"] = np.concatenate(person_index) if person_index else np.zeros(0, np.int32)
+        out["person_score"] = np.concatenate(person_score) if person_score else np.zeros(0, np.float32)
+        out["keypoints"] = np.concatenate(keypoints) if keypoints else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
+        return out
