@@ -164,17 +164,18 @@ def run(config: RunConfig) -> RunSummary:
         update={"checkpoint": resolve_checkpoint(config.model.checkpoint)})})
     refs, meta = check_inputs(config)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    date = config.write.date or started.date().isoformat()
+    date = (config.write.date or started.date()).isoformat()
     summary = RunSummary(run_id=run_id, output=config.output, videos_listed=len(refs))
     writer = OutputWriter(config.output, date, config.storage_options)
     by_id = {ref["video_id"]: ref for ref in refs}
 
     def finish(ref: dict, video) -> None:
         frames = track(video, config.tracking)
-        frames_tbl, tracks_tbl = writer.write_video(ref, frames)
-        summary.frames += len(frames)
-        summary.people += frames_tbl.num_rows
-        summary.tracks += tracks_tbl.num_rows
+        if frames or not video.error:  # a video that never decoded has no frame tables, only its error row
+            frames_tbl, tracks_tbl = writer.write_video(ref, frames)
+            summary.frames += len(frames)
+            summary.people += frames_tbl.num_rows
+            summary.tracks += tracks_tbl.num_rows
         if video.error:
             writer.write_error(ref, run_id, video.error, len(frames))
             summary.videos_failed += 1

@@ -110,9 +110,10 @@ def config_hash(config: BaseModel) -> str:
 
 # --- the main job's config ------------------------------------------------------------------------------------------
 
-from typing import Literal  # noqa: E402  (kept beside the job config it serves)
+import datetime  # noqa: E402  (kept beside the job config it serves)
+from typing import Literal  # noqa: E402
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator  # noqa: E402
+from pydantic import Field, PositiveFloat, PositiveInt  # noqa: E402
 
 from pipeline.grouping import GroupingConfig  # noqa: E402
 from pipeline.tracking import TrackerConfig  # noqa: E402
@@ -142,20 +143,8 @@ class ModelSettings(StrictModel):
 
 
 class WriteSettings(StrictModel):
-    date: str | None = None                      # partition date YYYY-MM-DD; None: the run's start date (UTC)
+    date: datetime.date | None = None            # partition date YYYY-MM-DD; None: the run's start date (UTC)
     incremental: bool = True                     # skip videos already processed with the same size and version
-
-    @field_validator("date")
-    @classmethod
-    def _check_date(cls, value: str | None) -> str | None:
-        import datetime as dt
-
-        if value is not None:
-            try:
-                dt.date.fromisoformat(value)
-            except ValueError:
-                raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
-        return value
 
 
 class RaySettings(StrictModel):

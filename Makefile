@@ -1,0 +1,35 @@
+# Two commands on a fresh machine:  `make demo` (install + run the main job on a generated sample archive)
+# and `make test` (install + the whole test suite, as CI runs it).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast benchmark clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: the pinned 2.13.0 (CPU build where a local wheel exists, the CUDA build on GPU machines);
+	# resolving it together with the rest can pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/posepipe synth sample --out sample
+	$(BIN)/posepipe run --input sample --output output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+benchmark: $(STAMP)
+	$(BIN)/posepipe benchmark
+
+clean:
+	rm -rf output sample .pytest_cache

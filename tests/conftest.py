@@ -1,0 +1,55 @@
+"""Shared fixtures: real encoded videos, a random-weights checkpoint, one local Ray for the session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # local test clusters only
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def encode_video(path: str | Path, num_frames: int = 24, width: int = 160, height: int = 120, fps: int = 12,
+                 codec: str = "libx264") -> Path:
+    """A real encoded video whose frame t shows a bright bar at x = 4 t (so decoded frames can be told apart)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for t in range(num_frames):
+            image = np.full((height, width, 3), 60, np.uint8)
+            x = (4 * t) % (width - 8)
+            image[:, x:x + 8] = 250
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> str:
+    """A checkpoint of an untrained, small network: tests of mechanics, not accuracy."""
+    from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
+    from pipeline.model import ModelConfig, PoseNet
+
+    config = ModelConfig(input_size=128)
+    path = tmp_path_factory.mktemp("model") / "random.pt"
+    save_checkpoint(PoseNet(config), str(path), checkpoint_metadata(config))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One in-process Ray for the whole session (starting Ray costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

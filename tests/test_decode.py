@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from conftest import encode_video
+from pipeline.decode import DecodeError, FrameDecoder, VideoStream, probe_video, sample_frame_indices
+
+
+def test_sample_every_frame_every_nth_and_target_fps():
+    np.testing.assert_array_equal(sample_frame_indices(10, 30.0), np.arange(10))
+    np.testing.assert_array_equal(sample_frame_indices(10, 30.0, every_nth=3), [0, 3, 6, 9])
+    np.testing.assert_array_equal(sample_frame_indices(30, 30.0, target_fps=5), [0, 6, 12, 18, 24])
+    np.testing.assert_array_equal(sample_frame_indices(30, 10.0, target_fps=50), np.arange(30))  # never upsample
+    np.testing.assert_array_equal(sample_frame_indices(30, 30.0, every_nth=2, max_frames=4), [0, 2, 4, 6])
+    assert len(sample_frame_indices(0, 30.0)) == 0
+
+
+def test_stream_decodes_the_right_frames_with_timestamps(tmp_path):
+    path = encode_video(tmp_path / "v.mp4", num_frames=24, width=160, height=120, fps=12)
+    info = probe_video(str(path))
+    assert (info.width, info.height, info.num_frames) == (160, 120, 24)
+    stream = VideoStream(str(path), size=64)
+    assert stream.num_frames == 24 and stream.fps == pytest.approx(12.0)
+    batches = list(stream.batches(np.array([0, 5, 10, 23]), batch_size=3))
+    assert [len(b[0]) for b in batches] == [3, 1]                      # bounded batches
+    indices = np.concatenate([b[0] for b in batches])
+    timestamps = np.concatenate([b[1] for b in batches])
+    frames = np.concatenate([b[2] for b in batches])
+    np.testing.assert_array_equal(indices, [0, 5, 10, 23])
+    np.testing.assert_allclose(timestamps, indices / 12.0, atol=1e-3)
+    assert frames.shape == (4, 64, 64, 3) and frames.dtype == np.uint8
+    lb = stream.letterbox                                               # 160x120 -> 64x48, 8 px bars top/bottom
+    assert (lb.resized_width, lb.resized_height, lb.pad_y) == (64, 48, 8)
+    assert frames[:, :lb.pad_y].max() == 0
+    for frame, t in zip(frames, indices):                               # the bar moved to x = 4 t + 4 (centre)
+        row = frame[lb.pad_y + 24, :, 0].astype(float)
+        expected = lb.to_input(np.array([4 * t + 3.5, 60.0]))[0]
+        assert abs(np.argmax(row) - expected) <= 2
+
+
+@pytest.mark.parametrize("suffix,codec", [(".avi", "mpeg4"), (".mkv", "libx264"), (".webm", "libvpx-vp9"),
+                                          (".mov", "libx264")])
+def test_other_containers(tmp_path, suffix, codec):
+    path = encode_video(tmp_path / f"v{suffix}", num_frames=10, codec=codec)
+    stream = VideoStream(str(path), size=32)
+    assert stream.num_frames == 10
+
+
+def test_frame_decoder_streams_batches_then_an_end_marker(tmp_path):
+    good = encode_video(tmp_path / "good.mp4", num_frames=20)
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("this is not a video")
+    decoder = FrameDecoder(size=64, every_nth=2, batch_size=4)
+    refs = {"uri": np.array([str(good), str(bad)], dtype=object),
+            "video_id": np.array(["good", "bad"], dtype=object)}
+    batches = list(decoder(refs))
+    good_batches = [b for b in batches if b["video_id"][0] == "good"]
+    assert [len(b["frame_index"]) for b in good_batches] == [4, 4, 2, 1]
+    marker = good_batches[-1]
+    assert marker["is_end"].tolist() == [True] and marker["num_frames"][0] == 10 and marker["error"][0] == ""
+    frames = np.concatenate([b["frame_index"] for b in good_batches[:-1]])
+    np.testing.assert_array_equal(frames, np.arange(0, 20, 2))
+    bad_batches = [b for b in batches if b["video_id"][0] == "bad"]
+    assert len(bad_batches) == 1 and bad_batches[0]["is_end"][0]
+    stage, kind, message = bad_batches[0]["error"][0].split("|", 2)
+    assert stage == "open" and "cannot open" in message
+
+
+def test_missing_file_is_an_open_error(tmp_path):
+    with pytest.raises(DecodeError, match="cannot open"):
+        VideoStream(str(tmp_path / "nope.mp4"), size=64)

@@ -1,0 +1,29 @@
+import pytest
+
+from conftest import encode_video
+from pipeline.read import InputError, list_videos, make_video_id
+
+
+def test_lists_videos_with_sources(tmp_path):
+    for rel in ["cam1/a.mp4", "cam1/deep/b.MOV", "cam2/c.mkv", "top.avi"]:
+        encode_video(tmp_path / rel, num_frames=2, codec="mpeg4" if rel.endswith(".avi") else "libx264")
+    (tmp_path / "cam2" / "notes.txt").write_text("not a video")
+    (tmp_path / "cam2" / ".partial.mp4").write_text("hidden temp file")
+    refs = list_videos(str(tmp_path))
+    assert [(r["uri"].split(str(tmp_path))[1], r["source"]) for r in refs] == [
+        ("/cam1/a.mp4", "cam1"), ("/cam1/deep/b.MOV", "cam1"), ("/cam2/c.mkv", "cam2"), ("/top.avi", tmp_path.name)]
+    assert all(r["size"] > 0 and r["version"] for r in refs)
+    assert len({r["video_id"] for r in refs}) == 4
+
+
+def test_single_file_and_missing_input(tmp_path):
+    path = encode_video(tmp_path / "x" / "one.mp4", num_frames=2)
+    assert [r["uri"] for r in list_videos(str(path))] == [str(path)]
+    with pytest.raises(InputError, match="does not exist"):
+        list_videos(str(tmp_path / "missing"))
+
+
+def test_video_id_is_stable_and_readable():
+    assert make_video_id("s3://b/cam 1/walk.mp4") == make_video_id("s3://b/cam 1/walk.mp4")
+    assert make_video_id("s3://b/cam 1/walk.mp4").startswith("walk-")
+    assert make_video_id("s3://b/a/walk.mp4") != make_video_id("s3://b/b/walk.mp4")

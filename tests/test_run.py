@@ -1,0 +1,72 @@
+"""The main job end to end through a real local Ray: real videos in, Parquet out, read back with pandas and DuckDB."""
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import encode_video
+from jobs.run import EXIT_USAGE, load_run_config, main, parse_args, run
+from pipeline.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, RUNS_SCHEMA, TRACKS_SCHEMA
+
+
+@pytest.fixture
+def archive(tmp_path):
+    encode_video(tmp_path / "in" / "cam1" / "walk.mp4", num_frames=20, width=160, height=120)
+    encode_video(tmp_path / "in" / "cam2" / "wide.mkv", num_frames=12, width=200, height=80)
+    (tmp_path / "in" / "cam2" / "broken.mp4").write_bytes(b"\x00" * 100)
+    return tmp_path
+
+
+def config_for(archive, checkpoint, *extra):
+    args = parse_args(["--input", str(archive / "in"), "--output", str(archive / "out"),
+                       "--set", f"model.checkpoint={checkpoint}", "--set", "decode.batch_size=8",
+                       "--set", "model.batch_size=8", "--set", "write.date=2026-01-02", *extra])
+    return load_run_config(args)
+
+
+@pytest.mark.slow
+def test_run_writes_queryable_partitioned_parquet(ray_local, archive, random_checkpoint):
+    summary = run(config_for(archive, random_checkpoint, "--set", "decode.every_nth=2"))
+    assert (summary.videos_listed, summary.videos_ok, summary.videos_failed) == (3, 2, 1)
+    assert summary.status == "partial" and summary.exit_code == 3
+    assert summary.frames == 10 + 6                                   # every 2nd frame of 20 and 12
+
+    out = archive / "out"
+    frame_files = sorted(p.relative_to(out).as_posix() for p in (out / "frames").rglob("*.parquet"))
+    assert [f.rsplit("-", 1)[0] for f in frame_files] == [
+        "frames/date=2026-01-02/source=cam1/walk", "frames/date=2026-01-02/source=cam2/wide"]
+    for table, schema in [("frames", FRAMES_SCHEMA), ("tracks", TRACKS_SCHEMA), ("errors", ERRORS_SCHEMA),
+                          ("runs", RUNS_SCHEMA)]:
+        for path in (out / table).rglob("*.parquet"):
+            assert pq.read_schema(path).remove_metadata() == schema, path
+
+    frames = pd.read_parquet(out / "frames")
+    assert {"date", "source"} <= set(frames.columns) and len(frames) == summary.people
+    runs = pd.read_parquet(out / "runs")
+    assert runs.loc[0, "frames"] == 16 and runs.loc[0, "videos_failed"] == 1 and runs.loc[0, "status"] == "partial"
+
+    errors = duckdb.sql(f"SELECT uri, stage, error_type, message, source FROM read_parquet("
+                        f"'{out}/errors/**/*.parquet', hive_partitioning=true)").df()
+    assert len(errors) == 1 and errors.loc[0, "uri"].endswith("broken.mp4") and errors.loc[0, "source"] == "cam2"
+    assert errors.loc[0, "stage"] == "open" and errors.loc[0, "message"]
+    count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/frames/**/*.parquet', hive_partitioning=true) "
+                       f"WHERE date = '2026-01-02'").fetchall()[0][0]
+    assert count == summary.people
+
+
+def test_missing_input_fails_fast_with_a_clear_message(tmp_path, random_checkpoint, capsys):
+    code = main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out"),
+                 "--set", f"model.checkpoint={random_checkpoint}"])
+    assert code == EXIT_USAGE
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_checkpoint_and_bad_override_fail_fast(tmp_path, capsys):
+    encode_video(tmp_path / "in" / "a.mp4", num_frames=2)
+    base = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert main(base + ["--set", f"model.checkpoint={tmp_path / 'none.pt'}"]) == EXIT_USAGE
+    assert "model.checkpoint" in capsys.readouterr().err
+    assert main(base + ["--set", "decode.fsp=3"]) == EXIT_USAGE
+    assert "decode.fsp: unknown key" in capsys.readouterr().err
