@@ -9,6 +9,8 @@ COMMANDS = {
     "run": ("jobs.run", "run the pipeline over a folder or archive of videos"),
     "train": ("jobs.train", "train the pose network (Ray Train)"),
     "evaluate": ("jobs.evaluate", "OKS AP / PCK of a checkpoint on a COCO-format set"),
+    "query": ("jobs.query", "SQL over the output tables (DuckDB views frames, tracks, errors, runs)"),
+    "render": ("jobs.render", "skeletons on a video (mp4 or contact sheet), or a run summary plot"),
     "synth": ("jobs.synth", "generate synthetic people: images, videos, the sample archive"),
 }
 

@@ -19,6 +19,9 @@ import pyarrow as pa
 from pipeline.keypoints import KEYPOINT_NAMES
 
 PARTITION_COLUMNS = ("date", "source")
+# Types of the partition values, which live in directory names only: readers must be told them, or a source named
+# "01" comes back as the integer 1.
+PARTITION_SCHEMA = pa.schema([pa.field("date", pa.date32()), pa.field("source", pa.string())])
 
 KEYPOINT_COLUMNS: tuple[str, ...] = tuple(
     f"{name}_{part}" for name in KEYPOINT_NAMES for part in ("x", "y", "score")
@@ -99,3 +102,5 @@ RUNS_SCHEMA = pa.schema(
 )
 
 TABLES = {"frames": FRAMES_SCHEMA, "tracks": TRACKS_SCHEMA, "errors": ERRORS_SCHEMA, "runs": RUNS_SCHEMA}
+TABLE_PARTITIONS = {"frames": PARTITION_COLUMNS, "tracks": PARTITION_COLUMNS, "errors": PARTITION_COLUMNS,
+                    "runs": ("date",)}

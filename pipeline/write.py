@@ -74,7 +74,8 @@ def tracks_table(frames: pa.Table) -> pa.Table:
         num_frames=("frame_index", "nunique"), mean_score=("person_score", "mean"),
         min_x=("_min_x", "min"), min_y=("_min_y", "min"), max_x=("_max_x", "max"), max_y=("_max_y", "max"),
     ).reset_index()
-    return pa.Table.from_pandas(summary[TRACKS_SCHEMA.names], schema=TRACKS_SCHEMA, preserve_index=False)
+    table = pa.Table.from_pandas(summary[TRACKS_SCHEMA.names], schema=TRACKS_SCHEMA, preserve_index=False)
+    return table.replace_schema_metadata(None)  # no pandas metadata: files read the same in every engine
 
 
 def error_table(ref: dict[str, Any], run_id: str, error: str, frames_ok: int) -> pa.Table:

@@ -1,0 +1,129 @@
+"""`posepipe query`: SQL over the output tables (views frames, tracks, errors, runs) with DuckDB; prints a table.
+
+    posepipe query OUTPUT "SELECT source, count(*) FROM frames GROUP BY source"
+    posepipe query OUTPUT --tables                       # the views, their row and column counts
+    posepipe query OUTPUT --csv "SELECT * FROM tracks"   # CSV on stdout, every row
+    posepipe query OUTPUT --coco VIDEO_ID --out results.json   # COCO keypoint results of one video
+
+OUTPUT is the `--output` of `posepipe run`: a folder or any fsspec URI (s3://bucket/prefix).
+Exit status: 0 done, 2 bad arguments, a missing output or an SQL error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+import duckdb
+import pandas as pd
+import yaml
+
+from pipeline.storage import resolve
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+class UsageError(ValueError):
+    """Arguments that cannot be used (a missing output, an unknown video id); the message says what to do."""
+
+
+def parse_storage_options(items: list[str]) -> dict[str, Any]:
+    """`["endpoint_url=http://x:9000", "anon=true"]` -> {"endpoint_url": "http://x:9000", "anon": True}.
+
+    Values are YAML scalars. (Not `pipeline.config.apply_overrides`: importing that module loads torch, seconds of
+    start-up for a query.)
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--storage-option {item!r} is not KEY=VALUE (e.g. endpoint_url=http://localhost:9000)")
+        try:
+            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip()] = raw
+    return options
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """OUTPUT and --storage-option, shared by `posepipe query` and `posepipe render`."""
+    parser.add_argument("output", help="output root of `posepipe run`: folder or URI (s3://bucket/prefix)")
+    parser.add_argument("--storage-option", dest="storage_options", action="append", default=[],
+                        metavar="KEY=VALUE", help="fsspec option of the output's filesystem, e.g. "
+                                                  "endpoint_url=http://localhost:9000 (repeatable)")
+
+
+def open_output(output: str, storage_options: dict[str, Any]) -> duckdb.DuckDBPyConnection:
+    """The views of an existing output root; UsageError when the root does not exist (a typo is not 0 rows)."""
+    from pipeline.query import connect
+
+    fs, root = resolve(output, storage_options)
+    if not fs.exists(root):
+        raise UsageError(f"output {output!r} does not exist: give the --output folder or URI of `posepipe run`")
+    return connect(output, storage_options)
+
+
+def print_frame(df: pd.DataFrame, csv: bool, max_rows: int) -> None:
+    if csv:
+        df.to_csv(sys.stdout, index=False)
+        return
+    if df.empty:
+        print(f"(0 rows; columns: {', '.join(map(str, df.columns))})")
+        return
+    print(df.head(max_rows).to_string(index=False))
+    if len(df) > max_rows:
+        print(f"... {len(df) - max_rows} more rows ({len(df)} in all; --max-rows N or --csv for more)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="posepipe query", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    add_output_arguments(parser)
+    parser.add_argument("sql", nargs="?", help="SQL over the views frames, tracks, errors, runs")
+    parser.add_argument("--tables", action="store_true", help="list the views with their row and column counts")
+    parser.add_argument("--csv", action="store_true", help="print CSV (every row) instead of a table")
+    parser.add_argument("--max-rows", type=int, default=50, help="rows printed as a table (default 50)")
+    parser.add_argument("--coco", metavar="VIDEO_ID", help="COCO keypoint results of this video (JSON)")
+    parser.add_argument("--image-id-offset", type=int, default=0,
+                        help="with --coco: image_id = frame_index + this (1 for ground truth numbered from 1)")
+    parser.add_argument("--out", help="with --coco: write the JSON here (path or URI) instead of stdout")
+    args = parser.parse_intermixed_args(argv)   # SQL may come after options: `OUTPUT --csv "SELECT ..."`
+    if sum([bool(args.sql), args.tables, bool(args.coco)]) != 1:
+        parser.error("give exactly one of: SQL, --tables, --coco VIDEO_ID")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.coco_export import video_results, write_coco_results
+    from pipeline.query import table_counts
+
+    args = parse_args(argv)
+    try:
+        storage_options = parse_storage_options(args.storage_options)
+        con = open_output(args.output, storage_options)
+        if args.tables:
+            print_frame(table_counts(con), args.csv, args.max_rows)
+        elif args.coco:
+            results = video_results(con, args.coco, args.image_id_offset)
+            if args.out:
+                write_coco_results(results, args.out, storage_options)
+                print(f"{len(results)} results of {args.coco} written to {args.out}", file=sys.stderr)
+            else:
+                json.dump(results, sys.stdout)
+                print()
+        else:
+            print_frame(con.execute(args.sql).df(), args.csv, args.max_rows)
+    except (UsageError, KeyError, duckdb.Error) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"posepipe query: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
