@@ -1,0 +1,186 @@
+"""Keypoint heatmaps: Gaussian targets, single-peak decoding and multi-person peak finding.
+
+Shape letters: B = images, N = people (ground truth), K = keypoint types, H, W = heatmap height and width,
+M = peak slots per keypoint type.
+
+Coordinates: x right, y down, pixel centres at integer coordinates, so heatmap pixel (row i, column j) is the
+point (x=j, y=i) and covers [j - 0.5, j + 0.5]. The network's heatmaps have stride 4 relative to its input; heatmap
+coordinate h and input coordinate u are related by u = (h + 0.5) * stride - 0.5, which maps each heatmap pixel
+centre onto the centre of its stride x stride input block.
+
+The target for one keypoint is the unnormalised Gaussian exp(-|p - c|^2 / (2 sigma^2)) sampled at the pixel centres
+p; it peaks at 1.0 at the keypoint c. Its logarithm is an exact quadratic, so a three-point quadratic fit on the log
+around the maximum (one per axis, the Gaussian is separable) recovers c exactly; that is the sub-pixel refinement.
+The refinement is done in torch so the same code runs on the inference device; the numpy entry points wrap it.
+"""
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+_LOG_FLOOR = 1e-10  # heatmap values are clamped to this before the log so zero or negative maps stay finite
+
+
+def heatmap_to_input(xy, stride: int = 4):
+    """Heatmap coordinates -> model-input pixel coordinates: u = (h + 0.5) * stride - 0.5.
+
+    Args:
+        xy: numpy array or torch tensor (..., 2) [x, y] in heatmap pixels (NaN passes through).
+    Returns:
+        the same type and shape, in input pixels.
+    """
+    return (xy + 0.5) * stride - 0.5
+
+
+def input_to_heatmap(xy, stride: int = 4):
+    """Model-input pixel coordinates -> heatmap coordinates; the inverse of `heatmap_to_input`."""
+    return (xy + 0.5) / stride - 0.5
+
+
+def encode_heatmaps(keypoints: np.ndarray, size: tuple[int, int], sigma: float = 2.0) -> np.ndarray:
+    """Training target: one Gaussian of peak 1.0 per visible keypoint, people combined by max.
+
+    Args:
+        keypoints: (N, K, 3) [x, y, v] in heatmap pixels; a keypoint is drawn when v > 0 and x, y are finite.
+        size: (H, W) of the heatmap.
+        sigma: Gaussian standard deviation in heatmap pixels.
+    Returns:
+        (K, H, W) float32.
+    """
+    keypoints = np.asarray(keypoints, dtype=np.float32)
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 3:
+        raise ValueError(
+            f"expected keypoints of shape (N, K, 3) [x, y, v], got {keypoints.shape}; "
+            "wrap a single person as keypoints[None]"
+        )
+    height, width = _check_size(size)
+    if sigma <= 0:
+        raise ValueError(f"expected sigma > 0 heatmap pixels, got {sigma}")
+    num_people, num_keypoints, _ = keypoints.shape
+    if num_people == 0:
+        return np.zeros((num_keypoints, height, width), np.float32)
+    x, y, v = keypoints[..., 0:1], keypoints[..., 1:2], keypoints[..., 2]  # (N, K, 1), (N, K, 1), (N, K)
+    visible = (v > 0) & np.isfinite(x[..., 0]) & np.isfinite(y[..., 0])  # (N, K)
+    x, y = np.where(visible[..., None], x, 0.0), np.where(visible[..., None], y, 0.0)
+    scale = np.float32(-0.5 / sigma**2)
+    gx = np.exp(scale * (np.arange(width, dtype=np.float32) - x) ** 2)  # (N, K, W)
+    gy = np.exp(scale * (np.arange(height, dtype=np.float32) - y) ** 2)  # (N, K, H)
+    gy = gy * visible[..., None]  # invisible keypoints draw nothing
+    return (gy[..., :, None] * gx[..., None, :]).max(axis=0).astype(np.float32)  # (K, H, W)
+
+
+def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Single best location per heatmap (one person per image), refined to sub-pixel.
+
+    Args:
+        heatmaps: (B, K, H, W).
+    Returns:
+        xy: (B, K, 2) float32 in heatmap pixels; score: (B, K) float32, the value at the integer maximum.
+    """
+    heatmaps = np.asarray(heatmaps)
+    _check_heatmaps(heatmaps)
+    xy, score = decode_heatmaps_torch(torch.from_numpy(np.ascontiguousarray(heatmaps, dtype=np.float32)))
+    return xy.numpy(), score.numpy()
+
+
+@torch.no_grad()
+def decode_heatmaps_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`decode_heatmaps` on any device and dtype; outputs are float32 on the input's device."""
+    _check_heatmaps(heatmaps)
+    heatmaps = heatmaps.float()
+    width = heatmaps.shape[-1]
+    score, index = heatmaps.flatten(2).max(dim=2)  # (B, K), (B, K)
+    xy = _refine_peaks(heatmaps, (index % width)[..., None], (index // width)[..., None])  # (B, K, 1, 2)
+    return xy[..., 0, :], score
+
+
+@torch.no_grad()
+def find_peaks(heatmaps: torch.Tensor, threshold: float = 0.1, max_peaks: int = 20) -> torch.Tensor:
+    """Multi-person keypoint candidates: local maxima above a threshold, on the heatmaps' device.
+
+    A pixel is a peak when it is the maximum of its 3x3 neighbourhood (max_pool2d) and strictly above `threshold`;
+    on exact plateaus the first pixel in raster order wins, so a keypoint half-way between two pixels yields one peak.
+
+    Args:
+        heatmaps: (B, K, H, W) any float dtype, any device.
+        threshold: minimum peak value, >= 0.
+        max_peaks: M, peak slots per keypoint type; the M highest peaks are kept.
+    Returns:
+        peaks: (B, K, M, 3) float32 on the same device, rows [x, y, score] in heatmap pixels, sorted by descending
+        score. Unused slots are [NaN, NaN, 0]; a slot holds a peak exactly when its score > 0.
+    """
+    _check_heatmaps(heatmaps)
+    if threshold < 0:
+        raise ValueError(f"expected threshold >= 0 (scores of unused peak slots are 0), got {threshold}")
+    if max_peaks < 1:
+        raise ValueError(f"expected max_peaks >= 1, got {max_peaks}")
+    heatmaps = heatmaps.float()
+    batch, num_keypoints, height, width = heatmaps.shape
+    is_peak = (heatmaps == F.max_pool2d(heatmaps, 3, stride=1, padding=1)) & (heatmaps > threshold)
+    is_peak &= heatmaps > _max_of_preceding_neighbours(heatmaps)  # plateau tie-break, raster order
+    candidates = torch.where(is_peak, heatmaps, torch.full_like(heatmaps, -1.0)).flatten(2)  # (B, K, H*W)
+    score, index = candidates.topk(min(max_peaks, height * width), dim=2)  # (B, K, m), descending
+    valid = score > threshold  # (B, K, m)
+    xy = _refine_peaks(heatmaps, index % width, index // width)  # (B, K, m, 2)
+    peaks = torch.cat([xy, score[..., None]], dim=-1)  # (B, K, m, 3)
+    padding = torch.tensor([float("nan"), float("nan"), 0.0], device=heatmaps.device)
+    peaks = torch.where(valid[..., None], peaks, padding)
+    if peaks.shape[2] < max_peaks:  # maps smaller than max_peaks pixels
+        peaks = torch.cat([peaks, padding.expand(batch, num_keypoints, max_peaks - peaks.shape[2], 3)], dim=2)
+    return peaks
+
+
+def _refine_peaks(heatmaps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
+    """Sub-pixel location of the maxima at integer pixels (ix, iy), each (B, K, M) long -> (B, K, M, 2) float32.
+
+    Per axis, a parabola through the log-heatmap at three consecutive pixels; its vertex is exact for a Gaussian.
+    The three pixels are centred on the maximum, or shifted inwards at a border (the vertex is then
+    extrapolated, still exact for a Gaussian). Maps too small, flat or not concave there are left at the integer
+    pixel, and the result stays within +-0.5 px of it.
+    """
+    height, width = heatmaps.shape[-2:]
+    flat = heatmaps.flatten(2)  # (B, K, H*W)
+
+    def log_at(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return flat.gather(2, y * width + x).clamp_min(_LOG_FLOOR).log()  # (B, K, M)
+
+    def refine_axis(i: torch.Tensor, size: int, log_along) -> torch.Tensor:
+        if size < 3:
+            return i.float()
+        centre = i.clamp(1, size - 2)
+        before, at, after = log_along(centre - 1), log_along(centre), log_along(centre + 1)
+        curvature = before - 2 * at + after  # < 0 where the log-map is concave
+        concave = curvature < -1e-12
+        vertex = centre + (before - after) / (2 * torch.where(concave, curvature, -torch.ones_like(curvature)))
+        vertex = torch.where(concave, vertex, i.float())
+        return torch.minimum(torch.maximum(vertex, i - 0.5), i + 0.5)
+
+    x = refine_axis(ix, width, lambda c: log_at(c, iy))
+    y = refine_axis(iy, height, lambda c: log_at(ix, c))
+    return torch.stack([x, y], dim=-1)
+
+
+def _max_of_preceding_neighbours(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(B, K, H, W) -> max over the 4 neighbours that come earlier in raster order (left, up-left, up, up-right)."""
+    height, width = heatmaps.shape[-2:]
+    padded = F.pad(heatmaps, (1, 1, 1, 0), value=float("-inf"))  # (B, K, H+1, W+2), pixel (i, j) at (i+1, j+1)
+    left = padded[..., 1:, 0:width]
+    up = padded[..., :height, 0 : width + 2]  # previous row, columns j-1 .. j+1 at offsets 0 .. 2
+    return torch.maximum(torch.maximum(left, up[..., 0:width]), torch.maximum(up[..., 1 : width + 1], up[..., 2:]))
+
+
+def _check_heatmaps(heatmaps) -> None:
+    if heatmaps.ndim != 4:
+        raise ValueError(f"expected heatmaps of shape (B, K, H, W), got {tuple(heatmaps.shape)}")
+    if heatmaps.shape[-1] < 1 or heatmaps.shape[-2] < 1:
+        raise ValueError(f"expected non-empty heatmaps, got shape {tuple(heatmaps.shape)}")
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
+        raise ValueError(f"expected size (H, W) of positive ints, got {size}")
+    return int(size[0]), int(size[1])

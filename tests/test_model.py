@@ -1,0 +1,105 @@
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.keypoints import NUM_KEYPOINTS, NUM_LIMBS
+from pipeline.model import ModelConfig, PoseNet, count_parameters
+
+TINY = ModelConfig(input_size=64, width=8, stage_blocks=(1, 1, 1), feature_channels=16, head_channels=8, head_convs=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> PoseNet:
+    torch.manual_seed(0)
+    return PoseNet(TINY).eval()
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (72, 40), (36, 100)])  # also sizes not divisible by 32
+def test_output_shapes(tiny_model, height, width):
+    x = torch.randn(2, 3, height, width)
+    with torch.inference_mode():
+        features = tiny_model.forward_features(x)
+        heatmaps, pafs = tiny_model(x)
+    assert features.shape == (2, TINY.feature_channels, height // 4, width // 4)
+    assert heatmaps.shape == (2, NUM_KEYPOINTS, height // 4, width // 4)
+    assert pafs.shape == (2, 2 * NUM_LIMBS, height // 4, width // 4)
+    assert PoseNet.stride == 4
+
+
+def test_default_model_shapes_and_cost():
+    """The default must stay cheap enough to train on 2 CPU cores: 0.5-1.0 GMACs per 256x256 image."""
+    model = PoseNet()
+    x = torch.randn(1, 3, 256, 256)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        heatmaps, pafs = model(x)
+    assert heatmaps.shape == (1, NUM_KEYPOINTS, 64, 64) and pafs.shape == (1, 2 * NUM_LIMBS, 64, 64)
+    with torch.inference_mode():
+        assert model.forward_features(x).shape == (1, 128, 64, 64)
+    macs = counter.get_total_flops() / 2
+    assert 0.5e9 <= macs <= 1.0e9, f"{macs / 1e9:.3f} GMACs"
+    assert 0.5e6 < count_parameters(model) < 5e6
+
+
+def test_initial_outputs_are_near_zero(tiny_model):
+    """Heads start near the all-zero background of both targets, so early MSE is small and stable."""
+    with torch.inference_mode():
+        heatmaps, pafs = tiny_model(torch.randn(2, 3, 64, 64))
+    assert heatmaps.abs().max() < 0.1 and pafs.abs().max() < 0.1
+
+
+def test_channels_last_and_bf16_autocast_match_fp32(tiny_model):
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        reference = tiny_model(x)
+        model_cl = PoseNet(TINY).eval().to(memory_format=torch.channels_last)
+        model_cl.load_state_dict(tiny_model.state_dict())
+        channels_last = model_cl(x.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = tiny_model(x)
+    for ref, cl, bf in zip(reference, channels_last, low):
+        torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-6)
+        assert bf.dtype == torch.bfloat16 and torch.isfinite(bf).all()
+        torch.testing.assert_close(bf.float(), ref, rtol=0.1, atol=0.02 * ref.abs().max().item())
+
+
+def test_a_few_steps_fit_one_batch():
+    torch.manual_seed(0)
+    model = PoseNet(TINY).train()
+    x = torch.randn(4, 3, 64, 64)
+    target_heatmaps = torch.zeros(4, NUM_KEYPOINTS, 16, 16)
+    target_heatmaps[:, :, 8, 8] = 1.0
+    target_pafs = torch.zeros(4, 2 * NUM_LIMBS, 16, 16)
+    target_pafs[:, 0::2, 4:12, 8] = 1.0
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        heatmaps, pafs = model(x)
+        loss = torch.nn.functional.mse_loss(heatmaps, target_heatmaps) + torch.nn.functional.mse_loss(pafs, target_pafs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(p.grad is not None for p in model.parameters())
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_config_round_trips_through_json():
+    config = ModelConfig(width=16, stage_blocks=(1, 1, 2))
+    restored = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config and isinstance(restored.stage_blocks, tuple)
+    assert ModelConfig.from_dict({}) == ModelConfig()
+    model = PoseNet(restored)
+    PoseNet(ModelConfig.from_dict(config.to_dict())).load_state_dict(model.state_dict())  # same architecture
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match="unknown ModelConfig keys.*'widht'"):
+        ModelConfig.from_dict({"widht": 16})
+    with pytest.raises(ValueError, match="input_size"):
+        ModelConfig(input_size=250)
+    with pytest.raises(ValueError, match="stage_blocks"):
+        ModelConfig(stage_blocks=(1, 0))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        PoseNet(TINY)(torch.randn(1, 3, 30, 30))
