@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import av
+import cv2  # noqa: F401  (cv2 and av before decord: decord's bundled libraries break PNG reading and libvpx otherwise)
 import numpy as np
 import pytest
 
