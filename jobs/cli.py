@@ -11,6 +11,8 @@ COMMANDS = {
     "evaluate": ("jobs.evaluate", "OKS AP / PCK of a checkpoint on a COCO-format set"),
     "query": ("jobs.query", "SQL over the output tables (DuckDB views frames, tracks, errors, runs)"),
     "render": ("jobs.render", "skeletons on a video (mp4 or contact sheet), or a run summary plot"),
+    "submit": ("jobs.submit", "run the main job on a Ray cluster (Jobs API)"),
+    "benchmark": ("jobs.benchmark", "frames/s per stage: raw decode, raw model, whole pipeline"),
     "synth": ("jobs.synth", "generate synthetic people: images, videos, the sample archive"),
 }
 

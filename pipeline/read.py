@@ -12,7 +12,7 @@ import posixpath
 import re
 from typing import Any
 
-from pipeline.storage import full_uri, resolve
+from pipeline.storage import full_uri, missing_bucket, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,10 @@ def list_videos(input_uri: str, storage_options: dict[str, Any] | None = None,
     """
     fs, root = resolve(input_uri, storage_options)
     if not fs.exists(root):
-        raise InputError(f"input {input_uri!r} does not exist: give a folder or video file path, or a URI such as "
-                         f"s3://bucket/prefix")
+        bucket = missing_bucket(fs, root)
+        why = f" (its bucket {bucket!r} is missing or these credentials cannot see it)" if bucket else ""
+        raise InputError(f"input {input_uri!r} does not exist{why}: give a folder or video file path, or a URI such "
+                         f"as s3://bucket/prefix")
     root = root.rstrip("/")
     if fs.isfile(root):
         infos = {root: fs.info(root)}

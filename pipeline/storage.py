@@ -46,6 +46,17 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts if p])
 
 
+def missing_bucket(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """The bucket of `path` when the filesystem has buckets (s3, gcs, azure) and that one cannot be seen, else None.
+
+    Object stores create prefixes on write but never buckets, so a missing bucket is worth naming before any work.
+    """
+    if is_local(fs) or not hasattr(fs, "split_path"):
+        return None
+    bucket = fs.split_path(path)[0]
+    return bucket if bucket and not fs.exists(bucket) else None
+
+
 def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """Path inside `fs` -> a URI that `resolve` turns back into the same file (local paths stay plain)."""
     return os.path.abspath(path) if is_local(fs) else fs.unstrip_protocol(path)

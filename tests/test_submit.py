@@ -1,0 +1,181 @@
+"""`posepipe submit` against a real two-node Ray cluster on 127.0.0.1, archive and outputs on S3 (moto).
+
+The cluster is started with `ray start` in a dedicated temp dir and on ports picked here, and stopped by signalling
+only its own processes (their command lines name that temp dir or its GCS port): `ray stop` would stop every Ray on
+the machine, other people's included.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import boto3
+import pandas as pd
+import pytest
+from moto.server import ThreadedMotoServer
+
+from conftest import encode_video
+from jobs.submit import build_entrypoint, config_arguments, main, parse_args, shown
+from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
+from pipeline.model import ModelConfig, PoseNet
+
+BUCKET = "nightly"
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def cluster_processes(temp_dir: str, gcs_port: int) -> list[int]:
+    """Pids of this cluster's processes, found by what their command lines name."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and any(temp_dir in a or a.endswith(f":{gcs_port}") for a in args):
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_cluster(temp_dir: str, gcs_port: int, grace_s: float = 15.0) -> None:
+    """SIGTERM this cluster's processes, SIGKILL what is left after `grace_s`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in cluster_processes(temp_dir, gcs_port):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while cluster_processes(temp_dir, gcs_port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def node_ports(ports: list[int]) -> list[str]:
+    names = ["dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+             "metrics-export-port", "node-manager-port", "object-manager-port"]
+    return [f"--{name}={port}" for name, port in zip(names, ports)] + [
+        "--worker-port-list=" + ",".join(map(str, ports[len(names):]))]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AWS_ACCESS_KEY_ID", "AKIASUBMITTEST000001")
+    patch.setenv("AWS_SECRET_ACCESS_KEY", "submit-secret-Lr8Qw2")
+    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=BUCKET)
+    yield SimpleNamespace(endpoint=endpoint, client=client)
+    patch.undo()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """Head (1 CPU) + worker (1 CPU). The nodes hold the AWS credentials, as instance roles would; the job is told
+    only the endpoint (`--env`)."""
+    temp_dir = tempfile.mkdtemp(prefix="ppray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    gcs, dashboard, client_port, *ports = free_ports(3 + 2 * 30)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AWS_ENDPOINT_URL")}
+    env |= {"PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "disabled"}
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                        f"--dashboard-port={dashboard}", f"--ray-client-server-port={client_port}", *common,
+                        *node_ports(ports[:30])], env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", *common, *node_ports(ports[30:])],
+                       env=env, check=True, capture_output=True, timeout=180)
+        address = f"http://127.0.0.1:{dashboard}"
+        wait_for_nodes(address, 2)
+        yield SimpleNamespace(address=address)
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"ray start failed: {exc.stderr.decode()[-2000:]}")
+    finally:
+        stop_cluster(temp_dir, gcs)
+        assert not cluster_processes(temp_dir, gcs), "the test cluster's processes outlived stop_cluster"
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_nodes(address: str, n: int, timeout_s: float = 120.0) -> None:
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if sum(node.state == "ALIVE" for node in list_nodes(address=address)) >= n:
+                return
+        except Exception:  # the dashboard answers only once it is up
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{n} Ray nodes did not come up at {address} within {timeout_s} s")
+
+
+def test_entrypoint_carries_the_same_config_and_hides_secrets(tmp_path):
+    outside = tmp_path / "nightly.yaml"
+    outside.write_text("decode:\n  fps: 2\nstorage_options:\n  secret: abc\n")
+    args = parse_args(["--input", "s3://b/v", "--output", "s3://b/o", "--config", str(outside),
+                       "--set", "model.batch_size=4", "--set", "storage_options.token=xyz"])
+    command = build_entrypoint(args)
+    assert command[:7] == ["python", "-m", "jobs.run", "--input", "s3://b/v", "--output", "s3://b/o"]
+    assert command[7:] == ["--config", "", "--set", 'decode={"fps": 2}', "--set", 'storage_options={"secret": "abc"}',
+                           "--set", "model.batch_size=4", "--set", "storage_options.token=xyz",
+                           "--set", "ray.address=auto"]
+    assert "abc" not in shown(command) and "xyz" not in shown(command)
+    repo = Path(__file__).resolve().parent.parent
+    assert config_arguments(str(repo / "configs" / "default.yaml"), repo) == ["--config", "configs/default.yaml"]
+
+
+def test_bad_config_fails_before_contacting_the_cluster(capsys):
+    code = main(["--address", "http://127.0.0.1:9", "--input", "s3://b/v", "--output", "s3://b/o",
+                 "--set", "decode.fsp=3"])
+    assert code == 2 and "decode.fsp: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_submit_runs_the_job_on_a_two_node_cluster(s3, cluster, tmp_path, capsys):
+    from ray.util.state import list_actors
+
+    for key in ("videos/cam0/a.mp4", "videos/cam1/b.mp4"):
+        path = encode_video(tmp_path / key, num_frames=4, width=64, height=48)
+        s3.client.upload_file(str(path), BUCKET, key)
+    config = ModelConfig(input_size=64, width=8, feature_channels=16, head_channels=8)
+    save_checkpoint(PoseNet(config), str(tmp_path / "random.pt"), checkpoint_metadata(config))
+    s3.client.upload_file(str(tmp_path / "random.pt"), BUCKET, "models/random.pt")
+
+    code = main(["--address", cluster.address, "--input", f"s3://{BUCKET}/videos", "--output", f"s3://{BUCKET}/out",
+                 "--set", f"model.checkpoint=s3://{BUCKET}/models/random.pt", "--set", "decode.workers=1",
+                 "--set", "model.workers=1", "--env", f"AWS_ENDPOINT_URL={s3.endpoint}"])
+    logs = capsys.readouterr().out
+    assert code == 0, logs[-3000:]
+    assert "videos   2 ok / 0 failed" in logs                                 # the job's summary, streamed back
+    runs = pd.read_parquet(f"s3://{BUCKET}/out/runs", storage_options={"endpoint_url": s3.endpoint})
+    assert runs.loc[0, "videos_ok"] == 2 and runs.loc[0, "frames"] == 8
+    keys = [o["Key"] for o in s3.client.list_objects_v2(Bucket=BUCKET, Prefix="out/frames/")["Contents"]]
+    assert len(keys) == 2
+    stages = {a.class_name: a.node_id for a in list_actors(address=cluster.address, detail=True, limit=1000)
+              if "MapBatches" in a.class_name}
+    assert len(stages) == 2 and len(set(stages.values())) == 2               # decode and inference on two nodes
