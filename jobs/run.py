@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,33 @@ def pool_sizes(config: RunConfig) -> tuple[int, int, float, int | None]:
     use_gpu = gpus > 0 and config.model.device in ("auto", "cuda")
     decode = config.decode.workers or max(1, cpus // 4)
     infer = config.model.workers or (gpus if use_gpu else max(1, (cpus - decode) // max(1, int(config.model.cpus_per_worker))))
+    decode, infer = fit_memory(decode, infer, config, float(resources.get("memory", 0)))
     threads = config.model.threads or (None if use_gpu else max(1, int(config.model.cpus_per_worker)))
     return decode, infer, (1.0 if use_gpu else 0.0), threads
+
+
+def memory_bytes(gb: float | None) -> int:
+    return int(gb * 2**30) if gb else 0
+
+
+def fit_memory(decode: int, infer: int, config: RunConfig, available: float) -> tuple[int, int]:
+    """Shrink the pools until their memory reservations fit the cluster: an actor Ray cannot place would stay
+    pending and stall the job. Raises ConfigError when not even one actor of each fits."""
+    per_decode, per_infer = memory_bytes(config.decode.memory_gb), memory_bytes(config.model.memory_gb)
+    if per_decode + per_infer > available:
+        raise ConfigError(f"decode.memory_gb + model.memory_gb = {(per_decode + per_infer) / 2**30:.1f} GB, but the "
+                          f"cluster offers {available / 2**30:.1f} GB of memory to Ray tasks: one actor of each must "
+                          f"fit; lower them or add nodes")
+    wanted = (decode, infer)
+    while decode * per_decode + infer * per_infer > available:
+        if infer > 1 and (infer * per_infer >= decode * per_decode or decode == 1):
+            infer -= 1
+        else:
+            decode -= 1
+    if (decode, infer) != wanted:
+        logger.warning("memory reservations fit %d decode and %d inference actors (asked for %d and %d)",
+                       decode, infer, *wanted)
+    return decode, infer
 
 
 def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
@@ -137,16 +163,25 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
 
     decode_workers, infer_workers, gpus, threads = pool_sizes(config)
     logger.info("decode actors %d, inference actors %d (gpus each %.0f)", decode_workers, infer_workers, gpus)
+    # Fault tolerance: a dead actor always restarts and its batch is retried `max_task_retries` times (replayed
+    # rows overwrite, see VideoAssembler); a batch that fails every retry is dropped and its videos get error rows.
+    retries = dict(max_restarts=-1, max_task_retries=config.ray.max_task_retries)
+    # Ray 2.60 names no parameter for these two, only the deprecated remote-args kwargs; tests/test_faults.py
+    # kills actors mid-run, so a Ray that drops them fails there.
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     ds = ray.data.from_items(refs, override_num_blocks=max(1, len(refs)))
+    ds.context.max_errored_blocks = config.ray.max_failed_batches
     ds = ds.map_batches(
         FrameDecoder, batch_size=1, compute=ActorPoolStrategy(size=decode_workers), num_cpus=1,
+        memory=memory_bytes(config.decode.memory_gb), **retries,
         fn_constructor_kwargs=dict(size=input_size, every_nth=config.decode.every_nth, fps=config.decode.fps,
                                    max_frames=config.decode.max_frames, batch_size=config.decode.batch_size,
                                    threads=config.decode.threads, storage_options=config.storage_options,
-                                   cache_dir=config.decode.cache_dir))
+                                   cache_dir=config.decode.cache_dir, timeout_s=config.decode.timeout_s))
     ds = ds.map_batches(
         PoseEstimator, batch_size=config.model.batch_size, compute=ActorPoolStrategy(size=infer_workers),
         num_gpus=gpus, num_cpus=0 if gpus else config.model.cpus_per_worker,
+        memory=memory_bytes(config.model.memory_gb), **retries,
         fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
                                    precision=config.model.precision, grouping=config.grouping, threads=threads,
                                    storage_options=config.storage_options))
@@ -155,7 +190,8 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
 
 def run(config: RunConfig) -> RunSummary:
     """Run the whole job; returns the summary (also written to the `runs` table)."""
-    from pipeline.assembly import VideoAssembler, track
+    from pipeline.assembly import VideoAssembler, VideoRows, track
+    from pipeline.manifest import Manifest, outputs_hash
     from pipeline.write import OutputWriter
 
     started = dt.datetime.now(dt.timezone.utc)
@@ -163,25 +199,42 @@ def run(config: RunConfig) -> RunSummary:
     config = config.model_copy(update={"model": config.model.model_copy(
         update={"checkpoint": resolve_checkpoint(config.model.checkpoint)})})
     refs, meta = check_inputs(config)
+    manifest = Manifest.load(config.output, config.storage_options)  # fails fast on a missing output bucket
+    outputs_key = outputs_hash(config, meta)
+    listed = len(refs)
+    refs = [ref for ref in refs if not (config.write.incremental and manifest.is_current(ref, outputs_key))]
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     date = (config.write.date or started.date()).isoformat()
-    summary = RunSummary(run_id=run_id, output=config.output, videos_listed=len(refs))
+    summary = RunSummary(run_id=run_id, output=config.output, videos_listed=listed,
+                         videos_skipped=listed - len(refs))
     writer = OutputWriter(config.output, date, config.storage_options)
     by_id = {ref["video_id"]: ref for ref in refs}
 
+    def video_paths(ref: dict) -> list[str]:  # every file this run may write for a video: frames, tracks, errors
+        return [writer.path(table, ref["video_id"], ref["source"]) for table in ("frames", "tracks", "errors")]
+
+    for ref in refs:
+        manifest.plan(ref, video_paths(ref))
+    manifest.save()
+
     def finish(ref: dict, video) -> None:
         frames = track(video, config.tracking)
+        paths, written = video_paths(ref), []
         if frames or not video.error:  # a video that never decoded has no frame tables, only its error row
             frames_tbl, tracks_tbl = writer.write_video(ref, frames)
+            written += paths[:2]
             summary.frames += len(frames)
             summary.people += frames_tbl.num_rows
             summary.tracks += tracks_tbl.num_rows
         if video.error:
             writer.write_error(ref, run_id, video.error, len(frames))
+            written.append(paths[2])
             summary.videos_failed += 1
             summary.errors.append((ref["uri"], video.error))
         else:
             summary.videos_ok += 1
+        manifest.remove(manifest.record(ref, outputs_key, written, failed=bool(video.error), run_id=run_id))
+        manifest.maybe_save()
 
     if refs:
         init_ray(config)
@@ -191,8 +244,15 @@ def run(config: RunConfig) -> RunSummary:
             for video in assembler.add(batch):
                 finish(by_id[video.video_id], video)
         for video in assembler.pending.values():  # only if a stage lost rows: recorded, never silently dropped
-            video.error = video.error or "assemble|Incomplete|the video's rows did not all arrive"
+            video.error = video.error or ("assemble|Incomplete|some of the video's batches failed every retry "
+                                          "(see the Ray log); the frames that arrived are kept")
             finish(by_id[video.video_id], video)
+        for ref in refs:  # a decode task that failed every retry (e.g. a decoder crash in C) sent nothing at all
+            if ref["video_id"] not in assembler.finished and ref["video_id"] not in assembler.pending:
+                finish(ref, VideoRows(ref["video_id"], error=f"decode|WorkerDied|its decode task failed all "
+                                      f"{config.ray.max_task_retries + 1} attempts because the decode actor died "
+                                      f"(a crash in C, an out-of-memory kill); see the Ray log, rerun to retry it"))
+    manifest.save()
     summary.seconds = time.perf_counter() - t0
     writer.write_run({
         "run_id": run_id, "status": summary.status, "started_at": started,
@@ -213,7 +273,7 @@ def print_summary(summary: RunSummary) -> None:
     print(f"  frames   {summary.frames}  people found {summary.people}  tracks {summary.tracks}")
     print(f"  speed    {summary.frames_per_second:.1f} frames/s over {summary.seconds:.1f} s")
     for uri, error in summary.errors:
-        print(f"  failed   {uri}: {error}")
+        print(f"  failed   {uri}: {error.replace('|', ': ', 2)}")  # stage: type: message
     print(f"  output   {summary.output}  (tables: frames, tracks, errors, runs)")
 
 
@@ -235,12 +295,13 @@ def load_run_config(args: argparse.Namespace) -> RunConfig:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pipeline.checkpoint import CheckpointError
+    from pipeline.manifest import ManifestError
     from pipeline.read import InputError
 
     args = parse_args(argv)
     try:
         summary = run(load_run_config(args))
-    except (ConfigError, InputError, CheckpointError) as exc:
+    except (ConfigError, InputError, CheckpointError, ManifestError) as exc:
         print(f"posepipe run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print_summary(summary)

@@ -57,18 +57,26 @@ class TrackedFrame:
 
 
 class VideoAssembler:
-    """Collects streamed rows per video; `add` returns the videos that just became complete."""
+    """Collects streamed rows per video; `add` returns the videos that just became complete.
+
+    A retried Ray task (an actor that died and restarted) replays its batches: rows of a pending video overwrite
+    themselves, and rows of a video already returned are dropped, so a video is never returned twice.
+    """
 
     def __init__(self) -> None:
         self.pending: dict[str, VideoRows] = {}
+        self.finished: set[str] = set()
 
     def add(self, batch: dict[str, np.ndarray]) -> list[VideoRows]:
         touched = set()
         for i in range(len(batch["video_id"])):
             video_id = str(batch["video_id"][i])
+            if video_id in self.finished:
+                continue
             self.pending.setdefault(video_id, VideoRows(video_id)).add({key: batch[key][i] for key in batch})
             touched.add(video_id)
         done = [self.pending.pop(v) for v in sorted(touched) if self.pending[v].complete]
+        self.finished.update(video.video_id for video in done)
         return done
 
 
