@@ -64,7 +64,8 @@ def list_videos(input_uri: str, storage_options: dict[str, Any] | None = None,
         infos = fs.find(root, detail=True)
     refs = []
     for path, info in sorted(infos.items()):
-        if info.get("type") != "file" or not path.lower().endswith(extensions):
+        # FIFOs and dangling links ("other") are listed too: they get an error row instead of vanishing
+        if info.get("type") == "directory" or not path.lower().endswith(extensions):
             continue
         if posixpath.basename(path).startswith("."):
             continue  # hidden and temporary files

@@ -27,3 +27,8 @@ def test_video_id_is_stable_and_readable():
     assert make_video_id("s3://b/cam 1/walk.mp4") == make_video_id("s3://b/cam 1/walk.mp4")
     assert make_video_id("s3://b/cam 1/walk.mp4").startswith("walk-")
     assert make_video_id("s3://b/a/walk.mp4") != make_video_id("s3://b/b/walk.mp4")
+
+
+def test_dangling_links_are_listed_so_they_get_an_error_row(tmp_path):
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    assert [r["uri"] for r in list_videos(str(tmp_path))] == [str(tmp_path / "gone.mp4")]
