@@ -13,6 +13,7 @@ COMMANDS = {
     "render": ("jobs.render", "skeletons on a video (mp4 or contact sheet), or a run summary plot"),
     "submit": ("jobs.submit", "run the main job on a Ray cluster (Jobs API)"),
     "benchmark": ("jobs.benchmark", "frames/s per stage: raw decode, raw model, whole pipeline"),
+    "evaluate-tracks": ("jobs.evaluate_tracks", "MOTA / IDF1 / OKS AP of a run against ground-truth sidecars"),
     "synth": ("jobs.synth", "generate synthetic people: images, videos, the sample archive"),
 }
 

@@ -1,0 +1,48 @@
+"""The tracking evaluation of a run's output against ground-truth sidecars: perfect rows score 1, swaps score less."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jobs.evaluate_tracks import evaluate_output, main
+from test_query import tracked_from_ground_truth
+from pipeline.read import list_videos
+from pipeline.synthetic.videos import write_video
+from pipeline.write import OutputWriter
+
+
+@pytest.fixture(scope="module")
+def crossing(tmp_path_factory):
+    videos = tmp_path_factory.mktemp("videos")
+    gt = json.loads(write_video(videos / "cam1" / "cross.mp4", seed=3, num_frames=30, scenario="cross",
+                                supersample=1).read_text())
+    [ref] = list_videos(str(videos))
+    return ref, gt
+
+
+def test_ground_truth_rows_score_perfectly(tmp_path, crossing, capsys):
+    ref, gt = crossing
+    OutputWriter(str(tmp_path), "2026-01-01").write_video(ref, tracked_from_ground_truth(gt))
+    table = evaluate_output(str(tmp_path))
+    assert len(table) == 1 and table.loc[0, "scenario"] == "cross"
+    assert table.loc[0, "idf1"] == pytest.approx(1.0) and table.loc[0, "id_switches"] == 0
+    assert table.loc[0, "AP"] == pytest.approx(1.0) and table.loc[0, "PCK"] == pytest.approx(1.0)
+    assert main([str(tmp_path)]) == 0 and "IDF1 1.000" in capsys.readouterr().out
+
+
+def test_swapped_ids_and_shifted_keypoints_score_less(tmp_path, crossing):
+    ref, gt = crossing
+    frames = tracked_from_ground_truth(gt)
+    for frame in frames[len(frames) // 2:]:          # ids swap halfway: one switch per person
+        frame.track_ids = frame.track_ids[::-1].copy()
+        frame.keypoints[..., :2] += 6.0
+    OutputWriter(str(tmp_path), "2026-01-01").write_video(ref, frames)
+    row = evaluate_output(str(tmp_path)).iloc[0]
+    assert row.id_switches >= 2 and row.idf1 < 0.8 and row.AP < 1.0
+
+
+def test_output_without_ground_truth_is_a_clear_error(tmp_path, capsys):
+    ref = {"video_id": "x-1", "uri": str(tmp_path / "x.mp4"), "source": "s"}
+    OutputWriter(str(tmp_path / "out"), "2026-01-01").write_video(ref, [])
+    assert main([str(tmp_path / "out")]) == 2 and "ground-truth" in capsys.readouterr().err
