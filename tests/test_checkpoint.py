@@ -1,0 +1,91 @@
+"""Checkpoint round trips through real files and fsspec memory://, and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.checkpoint import (CheckpointError, checkpoint_metadata, load_checkpoint, load_training_state,
+                                 save_checkpoint, save_training_state)
+from pipeline.model import ModelConfig, PoseNet
+
+TINY = ModelConfig(input_size=64, width=8, stage_blocks=(1, 1), feature_channels=16, head_channels=8, head_convs=1)
+
+
+def tiny_model() -> PoseNet:
+    torch.manual_seed(0)
+    model = PoseNet(TINY)
+    with torch.no_grad():  # non-default BatchNorm statistics, so buffers are checked too
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_round_trip_gives_the_same_outputs(tmp_path, where):
+    model = tiny_model()
+    uri = str(tmp_path / "sub" / "m.pt") if where == "file" else "memory://ckpt-test/m.pt"
+    metadata = checkpoint_metadata(TINY, {"optim": {"lr": 0.1}}, {"AP": 0.5}, epoch=3)
+    save_checkpoint(model, uri, metadata)
+    loaded, meta = load_checkpoint(uri)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), loaded(x)):
+            torch.testing.assert_close(a, b)
+    assert not loaded.training
+    assert loaded.config == TINY
+    assert meta["epoch"] == 3 and meta["metrics"] == {"AP": 0.5} and meta["heads"] == ["heatmaps", "pafs"]
+    assert meta["input_size"] == 64 and len(meta["keypoint_names"]) == 17 and len(meta["skeleton"]) == 19
+    assert {"mean", "std", "train_config", "created_at", "model"} <= set(meta)
+
+
+def test_local_save_leaves_no_temporary_files(tmp_path):
+    save_checkpoint(tiny_model(), str(tmp_path / "m.pt"), checkpoint_metadata(TINY))
+    save_checkpoint(tiny_model(), str(tmp_path / "m.pt"), checkpoint_metadata(TINY, epoch=2))  # overwrite
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    assert load_checkpoint(str(tmp_path / "m.pt"))[1]["epoch"] == 2
+
+
+def test_missing_file_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*nothing.pt"):
+        load_checkpoint(str(tmp_path / "nothing.pt"))
+
+
+def test_corrupt_file_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(tiny_model(), str(path), checkpoint_metadata(TINY))
+    path.write_bytes(path.read_bytes()[:1000])  # truncated upload
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(str(path))
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    metadata = checkpoint_metadata(ModelConfig(input_size=64, width=16, stage_blocks=(1, 1)))
+    save_checkpoint(tiny_model(), str(tmp_path / "m.pt"), metadata)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(str(tmp_path / "m.pt"))
+
+
+def test_metadata_is_checked_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="lacks"):
+        save_checkpoint(tiny_model(), str(tmp_path / "m.pt"), {"epoch": 1})
+    with pytest.raises(ValueError, match="JSON-like"):
+        save_checkpoint(tiny_model(), str(tmp_path / "m.pt"), {**checkpoint_metadata(TINY), "x": object()})
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_training_state_round_trip(tmp_path):
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(1, 3, 64, 64))[0].sum().backward()
+    optimizer.step()
+    uri = str(tmp_path / "state.pt")
+    assert load_training_state(uri) is None
+    save_training_state({"epoch": 2, "optimizer": optimizer.state_dict(), "trace": [{"epoch": 1, "loss": 0.5}]}, uri)
+    state = load_training_state(uri)
+    fresh = torch.optim.AdamW(tiny_model().parameters(), lr=1e-3)
+    fresh.load_state_dict(state["optimizer"])
+    assert state["epoch"] == 2 and state["trace"] == [{"epoch": 1, "loss": 0.5}]
+    torch.testing.assert_close(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
