@@ -366,9 +366,11 @@ def test_query_command(output, capsys):
 
 # --- README examples, run verbatim ------------------------------------------------------------------------------------
 
-def code_blocks(path: str | Path, language: str) -> list[str]:
-    """The fenced ```language blocks of a Markdown file, in order."""
+def code_blocks(path: str | Path, language: str, section: str | None = None) -> list[str]:
+    """The fenced ```language blocks of a Markdown file (of one `## section` when given), in order."""
     text = Path(path).read_text()
+    if section:
+        text = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
     return [m.group(1) for m in re.finditer(rf"^```{language}\n(.*?)^```", text, re.S | re.M)]
 
 
@@ -403,7 +405,7 @@ def readme_output(tmp_path, monkeypatch):
 
 
 def test_readme_python_examples_run_and_answer_right(readme_output, capsys):
-    blocks = code_blocks(README, "python")
+    blocks = code_blocks(README, "python", "Querying the results")
     assert len(blocks) == 3
     spaces = []
     for block in blocks:
@@ -423,7 +425,7 @@ def test_readme_python_examples_run_and_answer_right(readme_output, capsys):
 
 
 def test_readme_shell_examples_run(readme_output, capsys):
-    commands = [c for block in code_blocks(README, "sh") for c in shell_commands(block)]
+    commands = [c for block in code_blocks(README, "sh", "Querying the results") + code_blocks(README, "sh", "Looking at the results") for c in shell_commands(block)]
     assert len(commands) == 7
     video_id = readme_output["walk"]["video_id"]
     outputs = []
