@@ -171,6 +171,11 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     ds = ray.data.from_items(refs, override_num_blocks=max(1, len(refs)))
     ds.context.max_errored_blocks = config.ray.max_failed_batches
+    if config.ray.buffered_batches:  # bound frames waiting in the object store: memory set by config, not archive
+        frame_bytes = input_size * input_size * 3                          # uint8 (S, S, 3)
+        limit = config.ray.buffered_batches * (decode_workers + infer_workers) * config.decode.batch_size * frame_bytes
+        limits = ds.context.execution_options.resource_limits
+        ds.context.execution_options.resource_limits = limits.copy(object_store_memory=limit)
     ds = ds.map_batches(
         FrameDecoder, batch_size=1, compute=ActorPoolStrategy(size=decode_workers), num_cpus=1,
         memory=memory_bytes(config.decode.memory_gb), **retries,

@@ -138,7 +138,7 @@ class DecodeSettings(StrictModel):
 class ModelSettings(StrictModel):
     checkpoint: str = "models/posepipe-synthetic.pt"  # local path or URI (s3://..., file://...)
     device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: cuda when the actor has a GPU, else cpu
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on cuda; cpu always runs fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on cuda; on cpu bf16 runs bf16 (AMX)
     batch_size: PositiveInt = 16                 # frames per forward pass
     workers: PositiveInt | None = None           # inference actors; None: one per GPU, else half the CPUs
     threads: PositiveInt | None = None           # torch threads per CPU actor; None: the CPUs it reserved
@@ -166,6 +166,8 @@ class RaySettings(StrictModel):
                                                  # actors always restart. A batch that fails them all gives its
                                                  # videos error rows instead of looping on a video that kills it
     max_failed_batches: int = Field(10, ge=-1)   # batches that may fail every retry before the run stops (-1: any)
+    buffered_batches: PositiveInt | None = 4     # decoded batches held ahead per actor (object store); None: Ray's
+                                                 # default, which lets fast decoders fill ~200 MB ahead of the model
 
 
 class RunConfig(StrictModel):

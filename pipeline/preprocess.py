@@ -8,10 +8,13 @@ Frames stay uint8 (H, W, 3) RGB until the inference device, where `normalize` tu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # RGB, applied to values in 0..1 (ImageNet statistics)
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -90,6 +93,8 @@ class Letterbox:
 
 def normalize(frames: torch.Tensor, mean=IMAGE_MEAN, std=IMAGE_STD) -> torch.Tensor:
     """uint8 frames (B, H, W, 3) RGB on any device -> float input (B, 3, H, W), 0..1 then mean/std."""
+    import torch  # here: decode actors import this module for Letterbox and need no torch (~300 MB, seconds each)
+
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (B, H, W, 3), got {tuple(frames.shape)}")
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)

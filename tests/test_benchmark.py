@@ -1,0 +1,99 @@
+"""The benchmark's functions on toy sizes: real videos, a tiny network, real worker processes and a real Ray run.
+
+No timing assertions (the CPU is shared); the checks are on what was counted and on the table's shape.
+"""
+
+import json
+
+import pytest
+
+from jobs.benchmark import (COLUMNS, Measurement, archive_videos, benchmark_archive, main, markdown_table,
+                            parse_args, raw_decode_rate, raw_model_rates, summarize, video_frames)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
+    from pipeline.model import ModelConfig, PoseNet
+
+    config = ModelConfig(input_size=64, width=8, feature_channels=16, head_channels=8, head_convs=1)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(PoseNet(config), str(path), checkpoint_metadata(config))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def test_archive_is_generated_once_and_decodes_to_every_frame(cache):
+    archive = benchmark_archive(cache, videos=2, seconds=0.3, width=96, height=64)
+    videos = archive_videos(archive)
+    assert [p.name for p in videos] == ["video000.mp4", "video001.mp4"]
+    mtimes = [p.stat().st_mtime_ns for p in videos]
+    assert archive_videos(benchmark_archive(cache, 2, 0.3, 96, 64)) == videos          # cached: not rewritten
+    assert [p.stat().st_mtime_ns for p in videos] == mtimes
+
+    row = raw_decode_rate(videos, size=64, workers=2, batch_size=4)
+    assert row.measurement == "raw decode" and row.frames == 2 * 9 and row.seconds > 0   # 0.3 s at 30 fps
+    assert "2 proc" in row.config
+
+
+def test_raw_model_rates_time_forward_and_whole_call_on_video_frames(tiny_checkpoint, cache):
+    frames = video_frames(archive_videos(benchmark_archive(cache, 2, 0.3, 96, 64))[0], size=64, count=3)
+    assert frames.shape == (3, 64, 64, 3) and frames.dtype.name == "uint8" and frames.any()
+    forward, call = raw_model_rates(tiny_checkpoint, batch_size=2, workers=1, threads=1, device="cpu",
+                                    min_seconds=0.05, frames=frames)
+    assert (forward.measurement, call.measurement) == ("raw model fwd", "raw model")
+    for row in (forward, call):
+        assert row.frames >= 6 and row.frames % 2 == 0 and row.frames_per_s > 0
+        assert row.extra["best_frames_per_s"] >= row.frames_per_s * 0.999
+        assert row.extra["cpu_ms_per_frame"] > 0
+        assert "1 proc x 1 thr, B=2, cpu, video input" in row.config
+
+
+def test_summary_ratios_and_markdown_table():
+    rows = [Measurement("raw decode", "", 300, 1.0), Measurement("raw model", "", 50, 1.0),
+            Measurement("pipeline 1 video", "", 20, 5.0, 100.0, 400.0),
+            Measurement("pipeline", "x, 20 videos", 420, 13.0, 110.0, 430.0)]
+    summary = summarize(rows)
+    assert summary["raw_bound_frames_per_s"] == 50
+    assert summary["ratio_wall"] == pytest.approx(420 / 13 / 50)
+    assert summary["pipeline_marginal_frames_per_s"] == pytest.approx(400 / 8)   # (420 - 20) / (13 - 5)
+    assert summary["ratio_marginal"] == pytest.approx(1.0)
+    assert summary["memory_ratio_20_vs_1"] == pytest.approx(540 / 500)
+    lines = markdown_table(rows).splitlines()
+    assert lines[0] == "| " + " | ".join(COLUMNS) + " |" and len(lines) == 2 + len(rows)
+    assert lines[-1].startswith("| pipeline | x, 20 videos | 420 | 13.0 | 32.3 | 110.0 | 430.0 | - |")
+
+
+def test_bad_options_are_refused_with_the_expected_form(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--size", "640"])
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--decode-workers", "0,1"])
+    assert "positive integers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_writes_the_table_with_every_row(ray_local, tiny_checkpoint, cache, tmp_path):
+    out = tmp_path / "result"
+    code = main(["--videos", "2", "--seconds", "0.2", "--size", "96x64", "--checkpoint", tiny_checkpoint,
+                 "--batch-size", "4", "--device", "cpu", "--decode-workers", "1", "--model-seconds", "0.05",
+                 "--skip", "memory", "--cache-dir", str(cache), "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    names = [row["measurement"] for row in result["rows"]]
+    assert names == ["raw decode", "raw model fwd", "raw model", "pipeline 1 video", "pipeline"]
+    assert all(list(row)[:len(COLUMNS)] == list(COLUMNS) for row in result["rows"])
+    frames = {row["measurement"]: row["frames"] for row in result["rows"]}
+    assert frames["raw decode"] == frames["pipeline"] == 2 * 6 and frames["pipeline 1 video"] == 6
+    pipeline = result["rows"][-1]
+    assert pipeline["driver_rss_mb"] > 0 and pipeline["workers_rss_mb"] > 0
+    assert {"FrameDecoder", "PoseEstimator"} <= set(pipeline["extra"]["role_peak_rss_mb"])
+    assert {"ratio_wall", "raw_bound_frames_per_s"} <= set(result["summary"])
+    assert result["context"]["machine"]["cpus"] >= 1
+    assert "| pipeline |" in out.with_suffix(".md").read_text()
+    assert ray_local.is_initialized()                                # the benchmark leaves a Ray it did not start

@@ -1,0 +1,44 @@
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.inference import PoseEstimator, fold_batchnorm, missing_keypoints
+from pipeline.model import ModelConfig, PoseNet
+
+
+def trained_looking(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so folding has something to get wrong."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def test_fold_batchnorm_removes_every_batchnorm_and_keeps_outputs():
+    model = trained_looking(PoseNet(ModelConfig(width=8, feature_channels=16, head_channels=8)))
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        for expected, got in zip(model(x), folded(x)):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_estimator_emits_rows_for_empty_frames_and_passes_end_markers(random_checkpoint):
+    estimator = PoseEstimator(random_checkpoint, device="cpu")
+    n = 3
+    batch = {
+        "video_id": np.array(["v"] * n, dtype=object), "frame_index": np.array([0, 1, -1]),
+        "timestamp_s": np.zeros(n), "width": np.array([160, 160, 0], np.int32),
+        "height": np.array([120, 120, 0], np.int32), "image": np.zeros((n, 128, 128, 3), np.uint8),
+        "is_end": np.array([False, False, True]), "num_frames": np.array([0, 0, 2]),
+        "error": np.array(["", "", ""], dtype=object),
+    }
+    out = estimator(batch)                      # a black frame has nobody in it: one placeholder row per frame
+    assert out["frame_index"].tolist() == [0, 1, -1] and out["person_index"].tolist() == [-1, -1, -1]
+    assert out["is_end"].tolist() == [False, False, True] and out["num_frames"].tolist() == [0, 0, 2]
+    np.testing.assert_array_equal(out["keypoints"], missing_keypoints(3))
