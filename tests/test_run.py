@@ -70,3 +70,21 @@ def test_missing_checkpoint_and_bad_override_fail_fast(tmp_path, capsys):
     assert "model.checkpoint" in capsys.readouterr().err
     assert main(base + ["--set", "decode.fsp=3"]) == EXIT_USAGE
     assert "decode.fsp: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_long_video_streams_through_in_batch_sized_blocks(ray_local, tmp_path, random_checkpoint):
+    """Ray Data would merge a generator's yields into 128 MiB blocks: a long video must not become one block."""
+    import re
+
+    from jobs.run import build_dataset
+    from pipeline.read import list_videos
+
+    encode_video(tmp_path / "in" / "long.mp4", num_frames=120, width=160, height=120)
+    config = config_for(tmp_path, random_checkpoint, "--set", "decode.batch_size=16")
+    ds = build_dataset(list_videos(str(tmp_path / "in")), config, input_size=128)
+    rows = sum(len(b["frame_index"]) for b in ds.iter_batches(batch_format="numpy", batch_size=None))
+    assert rows == 121                                  # 120 frames (one row each: nobody found) + the end marker
+    decode_stats = next(s for s in ds.stats().split("Operator")[1:] if "FrameDecoder" in s)
+    blocks = int(re.search(r"(\d+) blocks produced", decode_stats).group(1))
+    assert blocks >= 120 // 16
