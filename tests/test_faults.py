@@ -283,8 +283,9 @@ def assert_same_rows(output: Path, clean: Path, names: set[str] | None = None) -
         if names is not None:
             got = got[got["name"].isin(names)].reset_index(drop=True)
         assert len(want) > 2 * len(GOOD)
-        # batch composition differs between runs: ~1e-10 in scores (~1e-4), ~1e-4 px in keypoints (measured)
-        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-4, atol=1e-6)
+        # Batch composition differs between runs and CPU kernels round differently per batch shape: measured
+        # ~1e-10 in scores and up to ~1e-5 px in coordinates, so compare to a thousandth of a pixel.
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-4, atol=1e-3)
 
 
 @pytest.fixture(scope="module")
