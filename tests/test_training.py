@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import CONFIG_DIR, ConfigError, load_config
-from pipeline.training import OptimConfig, TrainConfig, lr_factor, write_trace
+from pipeline.training import OptimConfig, TrainConfig, lr_factor, run_training, weighted_mse, write_trace
 
 TINY_MODEL = ["model.input_size=96", "model.width=8", "model.stage_blocks=[1, 1]", "model.feature_channels=16",
               "model.head_channels=8", "model.head_convs=1"]
@@ -32,6 +32,22 @@ def test_learning_rate_warms_up_then_decays():
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(values[10:], values[11:]))
     assert values[110] == pytest.approx(0.1) and values[119] == pytest.approx(0.1)
+
+
+def test_foreground_weight_counts_target_pixels_more():
+    target = torch.zeros(1, 1, 2, 2)
+    target[0, 0, 0, 0] = 1.0
+    pred = torch.full((1, 1, 2, 2), 0.5)  # squared errors: 0.25 on the one target pixel, 0.25 on each background one
+    assert weighted_mse(pred, target, target > 0, 0.0) == pytest.approx(torch.nn.functional.mse_loss(pred, target))
+    assert weighted_mse(pred, target, target > 0, 3.0) == pytest.approx((4 * 0.25 + 3 * 0.25) / 4)
+
+
+def test_init_checkpoint_must_match_the_model_section(tmp_path, random_checkpoint):
+    config = load_config(TrainConfig, None, [f"run.init_checkpoint={random_checkpoint}", "model.width=7"])
+    with pytest.raises(ValueError, match="model section"):
+        run_training(config)
+    with pytest.raises(FileNotFoundError):
+        run_training(load_config(TrainConfig, None, [f"run.init_checkpoint={tmp_path / 'missing.pt'}"]))
 
 
 def test_trace_files(tmp_path):
@@ -75,3 +91,12 @@ def test_ray_training_learns_checkpoints_and_resumes(tmp_path, ray_local):
     resumed = json.loads((output / "trace.json").read_text())
     assert [row["epoch"] for row in resumed] == [1, 2, 3] and resumed[:2] == first
     assert load_checkpoint(str(output / "last.pt"))[1]["epoch"] == 3
+
+    # fine-tuning: a new run starts from the exported weights (a vanishing learning rate keeps them)
+    tuned = tmp_path / "tuned"
+    assert main([*args, "--set", "optim.epochs=1", "--set", "optim.lr=1e-12", "--set", f"run.output={tuned}",
+                 "--set", "run.export=null", "--set", f"run.init_checkpoint={export}"]) == 0
+    start, after = (load_checkpoint(str(path))[0].state_dict() for path in (export, tuned / "last.pt"))
+    for name, value in start.items():
+        if name.endswith(".weight") and value.ndim == 4:  # conv weights; BatchNorm statistics move in train mode
+            torch.testing.assert_close(after[name], value, rtol=0, atol=1e-6)
