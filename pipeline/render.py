@@ -24,7 +24,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from pipeline.decode import local_copy, probe_video
+from pipeline.decode import PyAVStream, local_copy, probe_video
 from pipeline.keypoints import KEYPOINT_NAMES, SKELETON
 from pipeline.query import keypoint_array
 from pipeline.storage import is_local, resolve, write_bytes_atomic
@@ -97,19 +97,36 @@ def people_by_frame(frames: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndar
 
 
 class SourceVideo:
-    """A local video file opened with decord at full resolution."""
+    """A local video file at full resolution, in its displayed orientation (the pixels keypoints are in).
+
+    decord decodes it, as in the pipeline; a rotated video (display matrix) is decoded with PyAV and turned upright,
+    as the decode stage does, since decord stretches it into the coded size.
+    """
 
     def __init__(self, path: str):
+        info = probe_video(path)
+        self.width, self.height = info.display_size
+        if info.rotation:
+            self.upright_stream = PyAVStream(path, max(info.display_size), info=info)  # letterbox scale 1
+            self.num_frames, self.fps = self.upright_stream.num_frames, info.fps or 25.0
+            return
         import decord  # native library, imported where used
 
-        info = probe_video(path)
-        self.width, self.height = info.width, info.height
+        self.upright_stream = None
         self.reader = decord.VideoReader(path, ctx=decord.cpu(0))
         self.num_frames = len(self.reader)
         self.fps = float(self.reader.get_avg_fps() or info.fps or 25.0)
 
     def frames(self, indices: np.ndarray, batch_size: int = 16) -> Iterator[tuple[int, np.ndarray]]:
-        """(frame_index, (H, W, 3) uint8 RGB) for each index, decoded in batches of `batch_size`."""
+        """(frame_index, (H, W, 3) uint8 RGB) for each index (ascending), decoded in batches of `batch_size`."""
+        if self.upright_stream is not None:
+            wanted = {int(i) for i in indices}
+            for index, frame in self.upright_stream.decoded_frames(first=min(wanted, default=0)):
+                if index > max(wanted, default=-1):
+                    return
+                if index in wanted:
+                    yield index, self.upright_stream.upright(frame)
+            return
         for start in range(0, len(indices), batch_size):
             chunk = [int(i) for i in indices[start:start + batch_size]]
             yield from zip(chunk, self.reader.get_batch(chunk).asnumpy())

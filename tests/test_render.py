@@ -103,6 +103,19 @@ def test_clip_decodes_with_skeletons_on_people_and_the_rest_unchanged(synthetic)
     assert (untouched > 60).sum() == 0                         # frames without rows are only re-encoded
 
 
+def test_clip_of_a_rotated_video_is_upright(synthetic, tmp_path):
+    """Rows are in the displayed orientation, so the frames they are drawn on must be too (a phone's portrait video:
+    stored 96x64, turned 90 degrees counter-clockwise; its stored top-left red square shows at the bottom-left)."""
+    import faults
+
+    source = faults.write_rotated(tmp_path / "portrait.mp4", 90, num_frames=6)
+    assert render_clip(synthetic[3].iloc[:0], str(source), str(tmp_path / "clip.mp4")) == 6
+    rendered = decode_all(str(tmp_path / "clip.mp4"))
+    assert rendered.shape == (6, 96, 64, 3)
+    red = (rendered[0, ..., 0] > 180) & (rendered[0, ..., 1] < 110)
+    np.testing.assert_allclose(np.argwhere(red).mean(axis=0), [96 - 8.5, 7.5], atol=3)  # (row, column)
+
+
 def test_clip_to_an_fsspec_uri_and_first_frames_only(synthetic):
     base, ref, _, frames = synthetic
     assert render_clip(frames, ref["uri"], "memory://render-test/clip.mp4", max_frames=5) == 5
