@@ -2,13 +2,17 @@
 
 Credentials come from the standard chains of each filesystem (for S3: environment, profile, instance role);
 `storage_options` carries non-secret settings such as an S3-compatible `endpoint_url`. Object-store writes are
-single PUTs, which are atomic; local writes go to a temporary name and are renamed, so a reader never sees half a file.
+single PUTs, which are atomic; local writes go to a temporary name and are renamed, so a reader never sees half a file
+(temporaries a killed writer left are removed when the file is next written).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
+import time
 import uuid
 from typing import Any
 
@@ -18,6 +22,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 logger = logging.getLogger(__name__)
+
+STALE_TMP_S = 3600.0  # a temporary file this old next to its target was left by a killed writer
 
 
 def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -73,8 +79,21 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        remove_stale_temporaries(path)
     else:
         fs.pipe_file(path, data)  # one PUT: atomic on object stores; no directory markers
+
+
+def remove_stale_temporaries(path: str, older_than_s: float = STALE_TMP_S) -> None:
+    """Delete `.name.*.tmp` files that a killed writer of `path` left behind (a file that was written in the
+    last `older_than_s` seconds may belong to a writer that is still running, and stays)."""
+    directory, name = os.path.split(path)
+    now = time.time()
+    for leftover in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            if now - os.path.getmtime(leftover) > older_than_s:
+                os.remove(leftover)
+                logger.info("removed %s, left by an interrupted write", leftover)
 
 
 def write_parquet_atomic(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:

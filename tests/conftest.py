@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import av
 import cv2  # noqa: F401  (cv2 and av before decord: decord's bundled libraries break PNG reading and libvpx otherwise)
@@ -31,6 +33,32 @@ def encode_video(path: str | Path, num_frames: int = 24, width: int = 160, heigh
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+@contextlib.contextmanager
+def s3_server(key_id: str = "testing", secret: str = "testing", endpoint_in_env: bool = False) -> Iterator[str]:
+    """A real S3-compatible server (moto's) on 127.0.0.1 and an AWS credential chain (environment) for it; yields
+    the endpoint URL. `endpoint_in_env` also sets AWS_ENDPOINT_URL, so every process finds the server by itself.
+    The environment is restored afterwards."""
+    from moto.server import ThreadedMotoServer
+
+    patch = pytest.MonkeyPatch()
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        patch.delenv(name, raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    patch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    patch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    if endpoint_in_env:
+        patch.setenv("AWS_ENDPOINT_URL", endpoint)
+    try:
+        yield endpoint
+    finally:
+        patch.undo()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import s3fs
-from moto.server import ThreadedMotoServer
 
-from conftest import encode_video
+from conftest import encode_video, s3_server
 from jobs.run import EXIT_PARTIAL, EXIT_USAGE, load_run_config, main, parse_args, run
 from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
 from pipeline.model import ModelConfig, PoseNet
@@ -50,30 +49,18 @@ def upload_video(client, tmp_path, key: str, num_frames: int = 6) -> None:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server with an archive of two real videos and a broken one, and a random-weights checkpoint."""
-    patch = pytest.MonkeyPatch()
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        patch.delenv(name, raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    patch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-    patch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    patch.setenv("AWS_ENDPOINT_URL", endpoint)                     # the S3-compatible endpoint, for every process
-    ray.shutdown()  # Ray workers inherit the environment Ray starts with: restart it after setting the chain
-    tmp = tmp_path_factory.mktemp("s3")
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    for key in ("videos/cam0/walk.mp4", "videos/cam1/turn.mp4"):
-        upload_video(client, tmp, key)
-    client.put_object(Bucket=BUCKET, Key="videos/cam1/broken.mp4", Body=b"\x00" * 100)
-    config = ModelConfig(input_size=64, width=8, feature_channels=16, head_channels=8)
-    save_checkpoint(PoseNet(config), f"s3://{BUCKET}/models/random.pt", checkpoint_metadata(config))
-    yield SimpleNamespace(endpoint=endpoint, client=client, tmp=tmp)
-    ray.shutdown()  # do not leave a Ray holding these credentials to later test modules
-    server.stop()
-    patch.undo()
+    with s3_server(KEY_ID, SECRET, endpoint_in_env=True) as endpoint:      # the endpoint reaches every process
+        ray.shutdown()  # Ray workers inherit the environment Ray starts with: restart it after setting the chain
+        tmp = tmp_path_factory.mktemp("s3")
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        for key in ("videos/cam0/walk.mp4", "videos/cam1/turn.mp4"):
+            upload_video(client, tmp, key)
+        client.put_object(Bucket=BUCKET, Key="videos/cam1/broken.mp4", Body=b"\x00" * 100)
+        config = ModelConfig(input_size=64, width=8, feature_channels=16, head_channels=8)
+        save_checkpoint(PoseNet(config), f"s3://{BUCKET}/models/random.pt", checkpoint_metadata(config))
+        yield SimpleNamespace(endpoint=endpoint, client=client, tmp=tmp)
+        ray.shutdown()  # do not leave a Ray holding these credentials to later test modules
 
 
 def reader_options(s3) -> dict:

@@ -20,6 +20,7 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import s3_server
 from pipeline.assembly import TrackedFrame
 from pipeline.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 from pipeline.query import connect, empty_table, keypoint_array, query, to_long
@@ -203,17 +204,9 @@ def test_views_over_fsspec_memory_root():
 
 
 @pytest.fixture
-def s3_endpoint(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def s3_endpoint():
+    with s3_server() as endpoint:
+        yield endpoint
 
 
 def test_views_over_s3_through_fsspec_without_httpfs(s3_endpoint):

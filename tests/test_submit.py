@@ -21,9 +21,8 @@ from types import SimpleNamespace
 import boto3
 import pandas as pd
 import pytest
-from moto.server import ThreadedMotoServer
 
-from conftest import encode_video
+from conftest import encode_video, s3_server
 from jobs.submit import build_entrypoint, config_arguments, main, parse_args, shown
 from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
 from pipeline.model import ModelConfig, PoseNet
@@ -77,19 +76,10 @@ def node_ports(ports: list[int]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def s3():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    patch = pytest.MonkeyPatch()
-    patch.setenv("AWS_ACCESS_KEY_ID", "AKIASUBMITTEST000001")
-    patch.setenv("AWS_SECRET_ACCESS_KEY", "submit-secret-Lr8Qw2")
-    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    yield SimpleNamespace(endpoint=endpoint, client=client)
-    patch.undo()
-    server.stop()
+    with s3_server("AKIASUBMITTEST000001", "submit-secret-Lr8Qw2") as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        yield SimpleNamespace(endpoint=endpoint, client=client)
 
 
 @pytest.fixture(scope="module")
