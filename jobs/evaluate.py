@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
@@ -33,9 +34,7 @@ def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: 
                        storage_options: dict | None = None) -> tuple[dict, list[dict]]:
     """Run a checkpoint over a COCO set; returns (ground truth of the images used, COCO keypoint results)."""
     model, meta = load_checkpoint(checkpoint, map_location=device, storage_options=storage_options)
-    if grouping is None:  # the grouping the model was validated with during training, when recorded
-        recorded = meta.get("train_config", {}).get("eval", {}).get("grouping")
-        grouping = GroupingConfig(**recorded) if recorded else GroupingConfig()
+    grouping = grouping or GroupingConfig()  # what `posepipe run` groups with unless its config says otherwise
     dataset = CocoKeypointDataset(data, int(meta["input_size"]), None, storage_options=storage_options, limit=limit)
     results: list[dict] = []
     with torch.inference_mode():
@@ -57,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device for the network (cpu, cuda, cuda:1)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--pck-threshold", type=float, default=0.2, help="PCK distance, fraction of bbox size")
+    parser.add_argument("--grouping", action="append", default=[], metavar="KEY=VALUE",
+                        help="GroupingConfig field, as a run config's grouping section sets it, e.g. "
+                             "min_keypoints=4 (repeatable)")
     parser.add_argument("--save-results", help="write the predictions (COCO results JSON) here")
     parser.add_argument("--storage-options", default="{}", help="fsspec options as JSON, e.g. an endpoint_url")
     args = parser.parse_args(argv)
@@ -66,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if args.checkpoint:
-            gt, results = predict_checkpoint(args.checkpoint, args.data, args.batch_size, args.limit,
+            grouping = GroupingConfig(**{key: yaml.safe_load(value) for key, _, value in
+                                         (item.partition("=") for item in args.grouping)})
+            gt, results = predict_checkpoint(args.checkpoint, args.data, args.batch_size, args.limit, grouping,
                                              device=args.device, storage_options=options)
         else:
             gt, _ = read_coco(args.data, options)
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{args.results} must hold a JSON list of COCO keypoint results, "
                                  f"got {type(results).__name__}")
         metrics = evaluate_results(gt, results, args.pck_threshold)
-    except (FileNotFoundError, CheckpointError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, CheckpointError, ValueError, KeyError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.save_results:

@@ -167,8 +167,10 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         else:
             if config.run.worker_niceness is not None:  # read by the raylet when it starts workers
                 os.environ["RAY_worker_niceness"] = str(config.run.worker_niceness)
+            # with the dashboard: Ray Train's placement-group cleaner polls the state API it serves, and logs a
+            # warning every few seconds without it
             ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(config.run.cpus_per_worker))),
-                     include_dashboard=False)
+                     include_dashboard=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=resolved.model_dump(mode="json"),

@@ -60,6 +60,15 @@ def test_checkpoint_predictions_round_trip(coco_set, tmp_path, capsys):
     assert {"AP", "AP50", "AR", "PCK"} <= set(direct) and 0.0 <= direct["AP"] <= 1.0
     rescored = run(capsys, "--results", str(saved), "--data", coco_set)
     assert rescored["AP"] == pytest.approx(direct["AP"]) and rescored["predictions"] == direct["predictions"]
+    # grouping as a run config sets it: every peak of the random net makes a person, or none reaches 2.0
+    def predictions(*grouping: str) -> int:
+        args = [arg for item in grouping for arg in ("--grouping", item)]
+        return run(capsys, "--checkpoint", str(checkpoint), "--data", coco_set, "--threads", "1", *args)["predictions"]
+    assert predictions("peak_threshold=0", "min_aligned_fraction=0", "min_limb_score=-10", "min_keypoints=1",
+                       "min_person_score=-1") > 0
+    assert predictions("peak_threshold=2.0") == 0
+    assert main(["--checkpoint", str(checkpoint), "--data", coco_set, "--grouping", "colour=red"]) == 2
+    assert "colour" in capsys.readouterr().err
 
 
 def test_bad_inputs_exit_2_with_a_message(coco_set, tmp_path, capsys):
