@@ -131,7 +131,7 @@ def test_outputs_hash_follows_what_changes_rows_not_what_changes_speed():
                                      "write": {"date": "2026-02-02"}, "output": "s3://x/y", "ray": {"address": "auto"}})
     assert outputs_hash(same, meta) == base
     assert outputs_hash(RunConfig.model_validate({"decode": {"fps": 5}}), meta) != base
-    assert outputs_hash(RunConfig.model_validate({"grouping": {"min_keypoints": 5}}), meta) != base
+    assert outputs_hash(RunConfig.model_validate({"grouping": {"min_keypoints": 2}}), meta) != base
     assert outputs_hash(RunConfig(), meta | {"epoch": 4}) != base              # a new checkpoint
 
 
