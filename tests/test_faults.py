@@ -22,7 +22,7 @@ import pytest
 
 import faults
 from conftest import encode_video
-from jobs.run import EXIT_USAGE, fit_memory, load_run_config, main, parse_args, run
+from jobs.run import EXIT_USAGE, decode_cpus, fit_memory, load_run_config, main, parse_args, run
 from pipeline.assembly import VideoAssembler
 from pipeline.config import ConfigError, RunConfig
 from pipeline.decode import FrameDecoder
@@ -236,6 +236,14 @@ def test_pools_shrink_to_fit_memory_reservations_or_fail_clearly():
     assert fit_memory(1, 1, RunConfig(), 0) == (1, 1)                  # nothing reserved: nothing to fit
     with pytest.raises(ConfigError, match="decode.memory_gb \\+ model.memory_gb = 6.0 GB"):
         fit_memory(1, 1, config, 5 * 2**30)
+
+
+def test_decode_actors_share_the_cpus_inference_leaves_so_no_actor_waits():
+    assert decode_cpus(1, 1, RunConfig(), cpus=2, gpus=0) == 1.0
+    assert decode_cpus(2, 1, RunConfig(), cpus=2, gpus=0) == 0.5       # not 3 CPUs asked of 2: all actors run
+    assert decode_cpus(4, 1, RunConfig(), cpus=16, gpus=1.0) == 1.0    # GPU inference actors reserve no CPU
+    with pytest.raises(ConfigError, match="leave none to decode"):
+        decode_cpus(1, 2, RunConfig(), cpus=2, gpus=0)
 
 
 # --- the whole job through Ray -------------------------------------------------------------------------------
