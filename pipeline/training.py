@@ -28,7 +28,6 @@ import time
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import DataLoader
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dataset import AugmentConfig, CocoKeypointDataset, TargetConfig, sample_affine
+from pipeline.dataset import AugmentConfig, CocoKeypointDataset, sample_affine
 from pipeline.heatmaps import decode_heatmaps, heatmap_to_input
 from pipeline.keypoints import FLIP_INDEX, KEYPOINT_INDEX, NUM_KEYPOINTS, SKELETON, coco_person_category
 from pipeline.preprocess import IMAGE_MEAN, IMAGE_STD, Letterbox

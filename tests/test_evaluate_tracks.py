@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from jobs.evaluate_tracks import evaluate_output, main
