@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GroupingConfig:
-    """Defaults tuned on the synthetic val split with models/posepipe-synthetic.pt: OKS AP 0.091 -> 0.119
+    """Defaults tuned on the synthetic val split with models/posepipe-synthetic.pt (stage 2): OKS AP 0.091 -> 0.119
     (peak_threshold 0.1 -> 0.3, min_keypoints 3 -> 5); tune again on a val split for another checkpoint."""
 
     peak_threshold: float = 0.3  # heatmap value a keypoint candidate must exceed (targets peak at 1.0)
