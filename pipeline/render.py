@@ -121,8 +121,9 @@ class SourceVideo:
         """(frame_index, (H, W, 3) uint8 RGB) for each index (ascending), decoded in batches of `batch_size`."""
         if self.upright_stream is not None:
             wanted = {int(i) for i in indices}
-            for index, frame in self.upright_stream.decoded_frames(first=min(wanted, default=0)):
-                if index > max(wanted, default=-1):
+            first, last = min(wanted, default=0), max(wanted, default=-1)
+            for index, frame in self.upright_stream.decoded_frames(first=first):
+                if index > last:
                     return
                 if index in wanted:
                     yield index, self.upright_stream.upright(frame)

@@ -32,7 +32,7 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".b.parquet.live.tmp", ".c.parquet.dead.tmp", "b.parquet"]
 
 
-def test_object_store_write_is_one_put():
+def test_object_store_write_holds_the_whole_file_and_nothing_else():
     fs, path = resolve("memory://storage-test/x/y.bin")
     write_bytes_atomic(fs, path, b"data")
     memory = fsspec.filesystem("memory")
