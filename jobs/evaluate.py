@@ -24,6 +24,7 @@ from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.dataset import CocoKeypointDataset, read_coco
 from pipeline.grouping import GroupingConfig
 from pipeline.metrics import evaluate_results, predict_coco_results
+from pipeline.model import forward_flip_averaged
 from pipeline.storage import resolve
 
 logger = logging.getLogger("posepipe.evaluate")
@@ -31,7 +32,7 @@ logger = logging.getLogger("posepipe.evaluate")
 
 def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: int | None = None,
                        grouping: GroupingConfig | None = None, device: str = "cpu",
-                       storage_options: dict | None = None) -> tuple[dict, list[dict]]:
+                       storage_options: dict | None = None, flip_test: bool = False) -> tuple[dict, list[dict]]:
     """Run a checkpoint over a COCO set; returns (ground truth of the images used, COCO keypoint results)."""
     model, meta = load_checkpoint(checkpoint, map_location=device, storage_options=storage_options)
     grouping = grouping or GroupingConfig()  # what `posepipe run` groups with unless its config says otherwise
@@ -39,7 +40,9 @@ def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: 
     results: list[dict] = []
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=batch_size, num_workers=1):
-            heatmaps, pafs = model(batch["image"].to(device))  # (B, K, h, w), (B, 2L, h, w)
+            images = batch["image"].to(device)
+            # (B, K, h, w), (B, 2L, h, w)
+            heatmaps, pafs = forward_flip_averaged(model, images) if flip_test else model(images)
             for image_results in predict_coco_results(heatmaps, pafs, batch, grouping).values():
                 results.extend(image_results)
     return dataset.ground_truth(), results
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grouping", action="append", default=[], metavar="KEY=VALUE",
                         help="GroupingConfig field, as a run config's grouping section sets it, e.g. "
                              "min_keypoints=4 (repeatable)")
+    parser.add_argument("--flip-test", action="store_true",
+                        help="average each image's outputs with its mirror's, as model.flip_test=true in a run")
     parser.add_argument("--save-results", help="write the predictions (COCO results JSON) here")
     parser.add_argument("--storage-options", default="{}", help="fsspec options as JSON, e.g. an endpoint_url")
     args = parser.parse_args(argv)
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             grouping = GroupingConfig(**{key: yaml.safe_load(value) for key, _, value in
                                          (item.partition("=") for item in args.grouping)})
             gt, results = predict_checkpoint(args.checkpoint, args.data, args.batch_size, args.limit, grouping,
-                                             device=args.device, storage_options=options)
+                                             device=args.device, storage_options=options, flip_test=args.flip_test)
         else:
             gt, _ = read_coco(args.data, options)
             fs, path = resolve(args.results, options)

@@ -212,7 +212,8 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
         num_gpus=gpus, num_cpus=0 if gpus else config.model.cpus_per_worker,
         memory=memory_bytes(config.model.memory_gb), **retries,
         fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
-                                   precision=config.model.precision, grouping=config.grouping, threads=threads,
+                                   precision=config.model.precision, flip_test=config.model.flip_test,
+                                   grouping=config.grouping, threads=threads,
                                    storage_options=config.storage_options))
     return ds
 

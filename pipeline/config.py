@@ -140,6 +140,8 @@ class ModelSettings(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: cuda when the actor has a GPU, else cpu
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on cuda; on cpu bf16 runs bf16 (AMX)
     batch_size: PositiveInt = 16                 # frames per forward pass
+    flip_test: bool = False                      # also run each frame mirrored and average (twice the model cost;
+                                                 # more accurate keypoints, see models/posepipe-synthetic.md)
     workers: PositiveInt | None = None           # inference actors; None: one per GPU, else half the CPUs
     threads: PositiveInt | None = None           # torch threads per CPU actor; None: the CPUs it reserved
     cpus_per_worker: PositiveFloat = 1.0         # CPUs reserved by each inference actor

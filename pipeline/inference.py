@@ -20,6 +20,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.grouping import GroupingConfig, group_people_batch
 from pipeline.heatmaps import heatmap_to_input
 from pipeline.keypoints import NUM_KEYPOINTS
+from pipeline.model import forward_flip_averaged
 from pipeline.preprocess import IMAGE_MEAN, IMAGE_STD, Letterbox, normalize
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class PoseEstimator:
 
     def __init__(self, checkpoint: str, device: str = "auto", precision: str = "fp32",
                  grouping: GroupingConfig = GroupingConfig(), threads: int | None = None,
-                 storage_options: dict[str, Any] | None = None):
+                 storage_options: dict[str, Any] | None = None, flip_test: bool = False):
         if threads:
             torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
         self.device = pick_device(device)
@@ -106,7 +107,8 @@ class PoseEstimator:
         self.stride = int(getattr(self.model, "stride", 4))
         self.autocast = (AUTOCAST_DTYPES if self.device.type == "cuda" else CPU_AUTOCAST_DTYPES).get(precision)
         self.grouping = grouping
-        logger.info("pose model on %s (%s), input %d", self.device, precision, self.size)
+        self.flip_test = flip_test
+        logger.info("pose model on %s (%s%s), input %d", self.device, precision, ", flip test" * flip_test, self.size)
 
     def predict(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """uint8 (B, S, S, 3) -> per image (keypoints (P, K, 3) heatmap px, scores (P,))."""
@@ -118,7 +120,8 @@ class PoseEstimator:
         autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
-            heatmaps, pafs = self.model(x)                                     # (B, K, h, w), (B, 2L, h, w)
+            # (B, K, h, w), (B, 2L, h, w)
+            heatmaps, pafs = forward_flip_averaged(self.model, x) if self.flip_test else self.model(x)
         return group_people_batch(heatmaps.float(), pafs.float(), self.grouping)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

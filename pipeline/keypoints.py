@@ -44,6 +44,20 @@ FLIP_INDEX: tuple[int, ...] = tuple(
     for name in KEYPOINT_NAMES
 )
 
+
+def _flip_limbs() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    index, sign = [], []
+    for a, b in SKELETON:
+        fa, fb = FLIP_INDEX[a], FLIP_INDEX[b]
+        index.append(SKELETON.index((fa, fb)) if (fa, fb) in SKELETON else SKELETON.index((fb, fa)))
+        sign.append(1 if (fa, fb) in SKELETON else -1)
+    return tuple(index), tuple(sign)
+
+
+# A horizontal flip also swaps limbs: limb l becomes limb FLIP_LIMB_INDEX[l], which runs the other way (start and end
+# exchanged) where FLIP_LIMB_SIGN[l] is -1. Part affinity fields follow limbs, so mirrored PAFs are re-indexed with it.
+FLIP_LIMB_INDEX, FLIP_LIMB_SIGN = _flip_limbs()
+
 # Per-keypoint falloff of Object Keypoint Similarity, from the COCO evaluation.
 OKS_SIGMAS = np.array(
     [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.keypoints import NUM_KEYPOINTS, NUM_LIMBS
+from pipeline.keypoints import FLIP_INDEX, FLIP_LIMB_INDEX, FLIP_LIMB_SIGN, NUM_KEYPOINTS, NUM_LIMBS
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +180,29 @@ class PoseNet(nn.Module):
         """(B, 3, H, W) -> raw heatmaps (B, K, H/4, W/4) and PAFs (B, 2L, H/4, W/4)."""
         features = self.forward_features(x)  # (B, feature_channels, H/4, W/4)
         return self.heatmap_head(features), self.paf_head(features)
+
+
+def unmirror_outputs(heatmaps: torch.Tensor, pafs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs for a mirrored image -> outputs for the image itself: columns reversed, left and right keypoint
+    channels swapped, limbs swapped (`FLIP_LIMB_INDEX`), PAF x negated and, for limbs whose mirror runs the other
+    way, the whole vector negated. Output pixel h and w - 1 - h are mirror images (pixel centres at (h + 0.5) * 4 - 0.5).
+    """
+    heatmaps = heatmaps.flip(-1)[:, list(FLIP_INDEX)]                        # (B, K, h, w)
+    pafs = pafs.flip(-1).unflatten(1, (-1, 2))[:, list(FLIP_LIMB_INDEX)]     # (B, L, 2, h, w)
+    sign = torch.tensor(FLIP_LIMB_SIGN, dtype=pafs.dtype, device=pafs.device)[:, None] * torch.tensor(
+        [-1.0, 1.0], dtype=pafs.dtype, device=pafs.device)                  # (L, 2)
+    return heatmaps, (pafs * sign[None, :, :, None, None]).flatten(1, 2)
+
+
+def forward_flip_averaged(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip test: the mean of the outputs for the image and (mapped back) for its mirror image, at twice the cost.
+
+    The network then has to agree with itself on which side is left, which averages away part of its left/right
+    confusions and localisation noise (models/posepipe-synthetic.md has the measured gain).
+    """
+    heatmaps, pafs = model(x)                                                 # (B, K, h, w), (B, 2L, h, w)
+    mirrored = unmirror_outputs(*model(x.flip(-1)))
+    return (heatmaps + mirrored[0]) / 2, (pafs + mirrored[1]) / 2
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -103,3 +105,33 @@ def test_config_rejects_unknown_keys_and_bad_values():
         ModelConfig(stage_blocks=(1, 0))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         PoseNet(TINY)(torch.randn(1, 3, 30, 30))
+
+
+def test_unmirror_outputs_maps_mirrored_targets_back_exactly():
+    """The targets of a mirrored image, unmirrored, are the targets of the image: channels, limbs and signs."""
+    from pipeline.dataset import TargetConfig, encode_targets, transform_keypoints
+    from pipeline.model import unmirror_outputs
+
+    rng = np.random.default_rng(3)
+    keypoints = np.concatenate([rng.uniform(20, 230, (2, NUM_KEYPOINTS, 2)), np.full((2, NUM_KEYPOINTS, 1), 2.0)], -1)
+    mirror = np.array([[-1.0, 0, 255], [0, 1, 0], [0, 0, 1]])   # input pixel x -> 255 - x, as dataset.sample_affine
+    targets = TargetConfig()
+    heatmaps, pafs = encode_targets(keypoints, 256, targets)
+    mirrored = encode_targets(transform_keypoints(keypoints, mirror, flipped=True), 256, targets)
+    back = unmirror_outputs(*(torch.from_numpy(m)[None] for m in mirrored))
+    assert np.abs(heatmaps).max() > 0.9 and np.abs(pafs).max() > 0.9
+    np.testing.assert_allclose(back[0][0].numpy(), heatmaps, atol=1e-5)
+    np.testing.assert_allclose(back[1][0].numpy(), pafs, atol=1e-5)
+
+
+def test_flip_averaged_outputs_of_a_mirrored_image_are_the_mirror(tiny_model):
+    from pipeline.model import forward_flip_averaged, unmirror_outputs
+
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        direct = forward_flip_averaged(tiny_model, x)
+        via_mirror = unmirror_outputs(*forward_flip_averaged(tiny_model, x.flip(-1)))
+        plain = tiny_model(x)
+    for a, b in zip(direct, via_mirror):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(direct[0], plain[0])
