@@ -42,3 +42,19 @@ def test_estimator_emits_rows_for_empty_frames_and_passes_end_markers(random_che
     assert out["frame_index"].tolist() == [0, 1, -1] and out["person_index"].tolist() == [-1, -1, -1]
     assert out["is_end"].tolist() == [False, False, True] and out["num_frames"].tolist() == [0, 0, 2]
     np.testing.assert_array_equal(out["keypoints"], missing_keypoints(3))
+
+
+def test_flip_test_predictions_are_mirror_symmetric():
+    """With flip_test, a mirrored frame gives the mirrored people, left and right swapped: the two passes agree."""
+    from pipeline.keypoints import FLIP_INDEX
+    from pipeline.synthetic import render_scene
+
+    image, _ = render_scene(np.random.default_rng(5), (256, 256), num_people=2, person_height=(150.0, 200.0))
+    estimator = PoseEstimator("models/posepipe-synthetic.pt", device="cpu", flip_test=True)
+    (kp, scores), (kp_m, scores_m) = estimator.predict(np.stack([image, image[:, ::-1].copy()]))
+    assert len(kp) >= 1 and len(kp) == len(kp_m)
+    kp_m = kp_m[:, list(FLIP_INDEX)]
+    kp_m[..., 0] = 63 - kp_m[..., 0]                          # heatmap pixel h mirrors to w - 1 - h (w = 64)
+    order, order_m = np.argsort(np.nanmean(kp[..., 0], 1)), np.argsort(np.nanmean(kp_m[..., 0], 1))
+    np.testing.assert_allclose(kp[order], kp_m[order_m], atol=1e-2)
+    np.testing.assert_allclose(np.sort(scores), np.sort(scores_m), atol=1e-3)
