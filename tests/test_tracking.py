@@ -119,6 +119,26 @@ def test_people_entering_and_leaving_get_ids_in_order_of_creation():
     assert ids[0] == [0] and ids[5] == [1, 0] and ids[19] == [1, 0] and ids[20] == [1] and ids[29] == [1, 2]
 
 
+def split_walker_video() -> list[list[np.ndarray]]:
+    """A walker whose detection splits in frame 5, as where two people cross: the upper body 10 px ahead (the track
+    takes it, the nearer) and the legs 25 px ahead (a new, tentative track, which in frame 6 predicts the walker
+    better on its few keypoints than the whole walker's track does). Frame 6 shows the whole walker again."""
+    walker = [pose(np.array([200.0 + 8 * t, 300.0]), 200) for t in range(5)]
+    upper, legs = pose(np.array([250.0, 300.0]), 200), pose(np.array([265.0, 300.0]), 200)
+    upper[11:] = [np.nan, np.nan, 0.0]
+    legs[:11] = [np.nan, np.nan, 0.0]
+    return [[p] for p in walker] + [[upper, legs], [pose(np.array([273.0, 300.0]), 200)]]
+
+
+def test_confirmed_track_keeps_its_person_from_a_fragments_tentative_track():
+    frames = frames_of(split_walker_video())
+    assert ids_of(track_video(frames))[5:] == [[0, 1], [0]]
+    # with every track confirmed at once, the fragment's track (legs exactly in place) takes the walker from track 0
+    assert ids_of(track_video(frames, TrackerConfig(min_hits=1)))[5:] == [[0, 1], [1]]
+    with pytest.raises(ValueError, match="min_hits"):
+        TrackerConfig(min_hits=0)
+
+
 def test_dissimilar_people_do_not_match():
     people = [[pose(np.array([100.0, 300.0]), 200)], [pose(np.array([800.0, 300.0]), 200)]]
     assert ids_of(track_video(frames_of(people))) == [[0], [1]]
