@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.keypoints import NUM_KEYPOINTS
-from pipeline.tracking import Tracker, TrackerConfig
+from pipeline.tracking import Tracker, TrackerConfig, confirm_tracks
 
 
 @dataclass
@@ -81,7 +81,8 @@ class VideoAssembler:
 
 
 def track(video: VideoRows, config: TrackerConfig) -> list[TrackedFrame]:
-    """Run the tracker over a complete video, frames in order; people within a frame in person_index order."""
+    """Run the tracker over a complete video, frames in order; people within a frame in person_index order; final ids
+    from `confirm_tracks` (the whole video is at hand, so unconfirmed tracks are known)."""
     tracker = Tracker(config)
     out = []
     for frame_index in sorted(video.frames):
@@ -93,4 +94,6 @@ def track(video: VideoRows, config: TrackerConfig) -> list[TrackedFrame]:
         ids, keypoints = tracker.update(frame_index, frame.timestamp_s, keypoints)
         out.append(TrackedFrame(frame_index, frame.timestamp_s, frame.width, frame.height,
                                 np.asarray(ids, np.int64), scores, keypoints))
+    for frame, ids in zip(out, confirm_tracks([f.track_ids for f in out], config.min_hits)):
+        frame.track_ids = ids
     return out

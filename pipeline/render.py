@@ -28,6 +28,7 @@ from pipeline.decode import PyAVStream, local_copy, probe_video
 from pipeline.keypoints import KEYPOINT_NAMES, SKELETON
 from pipeline.query import keypoint_array
 from pipeline.storage import is_local, resolve, write_bytes_atomic
+from pipeline.tracking import UNTRACKED
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,10 @@ GOLDEN = 0.618033988749895
 
 
 def track_colour(track_id: int) -> tuple[int, int, int]:
-    """A stable, saturated RGB colour per track id; neighbouring ids get far-apart hues (golden-ratio steps)."""
+    """A stable, saturated RGB colour per track id; neighbouring ids get far-apart hues (golden-ratio steps).
+    Untracked people (UNTRACKED) are grey."""
+    if track_id == UNTRACKED:
+        return 160, 160, 160
     hue = (0.07 + GOLDEN * int(track_id)) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.7, 1.0)   # light enough to read on a black label
     return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
@@ -69,7 +73,7 @@ def draw_people(image: np.ndarray, keypoints: np.ndarray, track_ids: np.ndarray,
             cv2.circle(out, tuple(pts[k]), radius, colour, -1, cv2.LINE_AA)
         if found.any():
             x0, y0 = pts[found, 0].min(), pts[found, 1].min()
-            _draw_label(out, f"id {int(track_id)}", (int(x0), int(y0) - radius - 3), colour, font_scale)
+            _draw_label(out, f"id {int(track_id)}" if track_id != UNTRACKED else "?", (int(x0), int(y0) - radius - 3), colour, font_scale)
     return out
 
 
@@ -231,7 +235,7 @@ def summary_by_time(con: duckdb.DuckDBPyConnection, bin_s: float | None = None) 
     """People and mean keypoint score per source and time bin, aggregated in DuckDB.
 
     Time is the position in the video (`timestamp_s`; the tables hold no wall-clock capture time), so the videos
-    of a source add up bin by bin. people = distinct (video, track) seen in the bin; mean_score = mean over rows of
+    of a source add up bin by bin. people = distinct (video, track) seen in the bin, untracked rows left out; mean_score = mean over rows of
     the mean score of the keypoints found in the row. Returns (DataFrame source, t_s, people, mean_score, rows; bin_s).
     """
     span = con.execute("SELECT coalesce(max(timestamp_s), 0) FROM frames").fetchone()[0]
@@ -240,7 +244,7 @@ def summary_by_time(con: duckdb.DuckDBPyConnection, bin_s: float | None = None) 
     found = " + ".join(f"({c} > 0)::INT" for c in scores)
     table = con.execute(f"""
         SELECT source, floor(timestamp_s / $bin) * $bin AS t_s,
-               count(DISTINCT (video_id, track_id)) AS people,
+               count(DISTINCT (video_id, track_id)) FILTER (WHERE track_id >= 0) AS people,
                avg(({" + ".join(scores)}) / nullif({found}, 0)) AS mean_score,
                count(*) AS rows
         FROM frames GROUP BY ALL ORDER BY source, t_s""", {"bin": bin_s}).df()

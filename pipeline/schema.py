@@ -40,7 +40,8 @@ FRAMES_SCHEMA = pa.schema(
         pa.field("width", pa.int32(), nullable=False),         # original frame size, pixels
         pa.field("height", pa.int32(), nullable=False),
         pa.field("person_index", pa.int32(), nullable=False),  # order of the person within the frame (by score)
-        pa.field("track_id", pa.int64(), nullable=False),      # stable within a video, 0-based
+        pa.field("track_id", pa.int64(), nullable=False),      # stable within a video, 0-based; -1: not part of a
+                                                               # track (seen in < tracking.min_hits frames)
         pa.field("person_score", pa.float32(), nullable=False),
         pa.field("bbox_x", pa.float32()),                      # box of found keypoints: left, top, width, height
         pa.field("bbox_y", pa.float32()),
@@ -50,7 +51,7 @@ FRAMES_SCHEMA = pa.schema(
     + [pa.field(col, pa.float32(), nullable=not col.endswith("_score")) for col in KEYPOINT_COLUMNS]
 )
 
-TRACKS_SCHEMA = pa.schema(
+TRACKS_SCHEMA = pa.schema(  # confirmed tracks only (track_id >= 0)
     _VIDEO_FIELDS
     + [
         pa.field("track_id", pa.int64(), nullable=False),

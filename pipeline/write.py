@@ -16,6 +16,7 @@ from pipeline.assembly import TrackedFrame
 from pipeline.keypoints import NUM_KEYPOINTS
 from pipeline.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, KEYPOINT_COLUMNS, RUNS_SCHEMA, TRACKS_SCHEMA
 from pipeline.storage import join, resolve, write_parquet_atomic
+from pipeline.tracking import UNTRACKED
 
 
 def partition_path(root: str, table: str, date: str, source: str | None, name: str) -> str:
@@ -60,10 +61,11 @@ def frames_table(ref: dict[str, Any], frames: list[TrackedFrame]) -> pa.Table:
 
 
 def tracks_table(frames: pa.Table) -> pa.Table:
-    """One row per track, summarised from the frame rows of one video."""
-    if frames.num_rows == 0:
-        return TRACKS_SCHEMA.empty_table()
+    """One row per track, summarised from the frame rows of one video; untracked people (track_id -1) have none."""
     df = frames.to_pandas()
+    df = df[df["track_id"] != UNTRACKED]
+    if df.empty:
+        return TRACKS_SCHEMA.empty_table()
     xs = df[[c for c in KEYPOINT_COLUMNS if c.endswith("_x")]]
     ys = df[[c for c in KEYPOINT_COLUMNS if c.endswith("_y")]]
     df = df.assign(_min_x=xs.min(axis=1), _min_y=ys.min(axis=1), _max_x=xs.max(axis=1), _max_y=ys.max(axis=1))

@@ -25,6 +25,7 @@ from pipeline.assembly import TrackedFrame
 from pipeline.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 from pipeline.query import connect, empty_table, keypoint_array, query, to_long
 from pipeline.schema import TABLES
+from pipeline.tracking import UNTRACKED
 from pipeline.write import OutputWriter
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -47,12 +48,18 @@ def person(centre_x: float, raise_right: bool = False) -> np.ndarray:
 
 def scene_people(t: int) -> tuple[np.ndarray, np.ndarray]:
     """Video `walk`: track 0 walks right and never raises a hand; track 1 raises its right hand from frame 20; both
-    are gone from frame 35 on. Returns keypoints (P, K, 3) and track ids (P,)."""
+    are gone from frame 35 on. In frames 10 and 11 an untracked upper body with a raised hand (a fragment) is seen
+    too: no one's track, so it must not count as a person. Returns keypoints (P, K, 3) and track ids (P,)."""
     if t >= 35:
         return np.zeros((0, NUM_KEYPOINTS, 3), np.float32), np.zeros(0, np.int64)
     a = person(60 + 2 * t)
     a[KEYPOINT_INDEX["left_ear"]] = [np.nan, np.nan, 0.0]                   # never found
-    return np.stack([a, person(240, raise_right=t >= 20)]), np.array([0, 1])
+    people, ids = [a, person(240, raise_right=t >= 20)], [0, 1]
+    if t in (10, 11):
+        fragment = person(290, raise_right=True)
+        fragment[KEYPOINT_INDEX["left_hip"]:] = [np.nan, np.nan, 0.0]
+        people, ids = people + [fragment], ids + [UNTRACKED]
+    return np.stack(people), np.array(ids)
 
 
 def encode(path: Path, num_frames: int, people_at) -> Path:
@@ -100,7 +107,7 @@ def write_output(root: str, videos: Path | None = None, storage_options: dict | 
     writer.write_run({"run_id": "run-1", "status": "partial", "started_at": now, "finished_at": now,
                       "input": "/videos", "config_hash": "abc", "config_json": "{}", "code_version": "test",
                       "videos_listed": 3, "videos_ok": 2, "videos_failed": 1, "videos_skipped": 0, "frames": 52,
-                      "people": 82, "tracks": 3, "seconds": 1.0, "frames_per_second": 52.0})
+                      "people": 84, "tracks": 3, "seconds": 1.0, "frames_per_second": 52.0})
     return refs
 
 
@@ -132,7 +139,7 @@ def write_synthetic_output(root: Path, videos: Path, **video_kw) -> tuple[dict, 
     return ref, gt
 
 
-PERSON_ROWS = 35 * 2 + 12          # walk: 2 people in frames 0..34; still: 1 person in 12 frames
+PERSON_ROWS = 35 * 2 + 2 + 12      # walk: 2 people in frames 0..34 and a fragment in 10, 11; still: 1 person in 12
 
 
 @pytest.fixture
@@ -176,7 +183,7 @@ def test_pandas_pyarrow_and_duckdb_read_the_same_rows(output):
     counts = duckdb.sql(f"SELECT source, count(*) AS n FROM read_parquet('{output}/frames/**/*.parquet', "
                         f"hive_partitioning = true, hive_types = {{'date': DATE, 'source': VARCHAR}}) "
                         f"GROUP BY source ORDER BY source").fetchall()
-    assert counts == [("01", 12), ("cam1", 70)]
+    assert counts == [("01", 12), ("cam1", 72)]
     runs = duckdb.sql(f"SELECT typeof(started_at), date FROM read_parquet('{output}/runs/**/*.parquet', "
                       f"hive_partitioning = true)").fetchall()
     assert runs == [("TIMESTAMP WITH TIME ZONE", pd.Timestamp(DATE).date())]
@@ -187,7 +194,7 @@ def test_pandas_pyarrow_and_duckdb_read_the_same_rows(output):
 def check_views(con: duckdb.DuckDBPyConnection) -> None:
     assert query(con, "SELECT count(*) AS n FROM frames")["n"][0] == PERSON_ROWS
     by_source = query(con, "SELECT source, typeof(source) AS t, typeof(date) AS d, count(DISTINCT (video_id, "
-                           "track_id)) AS people FROM frames GROUP BY ALL ORDER BY source")
+                           "track_id)) AS people FROM frames WHERE track_id >= 0 GROUP BY ALL ORDER BY source")
     assert by_source.values.tolist() == [["01", "VARCHAR", "DATE", 1], ["cam1", "VARCHAR", "DATE", 2]]
     assert query(con, "SELECT stage FROM errors")["stage"].tolist() == ["open"]
     assert query(con, "SELECT videos_failed FROM runs")["videos_failed"].tolist() == [1]
@@ -293,7 +300,7 @@ def test_coco_results_load_in_pycocotools_and_score_perfectly(output):
     from pipeline.coco_export import video_results
 
     results = video_results(str(output), "walk-0123456789")
-    assert len(results) == 70 and {r["category_id"] for r in results} == {1}
+    assert len(results) == 72 and {r["category_id"] for r in results} == {1}
     first = results[0]
     assert first["image_id"] == 0 and first["track_id"] == 0 and first["score"] == pytest.approx(0.95)
     assert len(first["keypoints"]) == 3 * NUM_KEYPOINTS
@@ -302,7 +309,7 @@ def test_coco_results_load_in_pycocotools_and_score_perfectly(output):
 
     gt = ground_truth(tracked(40, scene_people))
     ap, loaded = coco_ap(gt, results)
-    assert loaded == 70 and ap == pytest.approx(1.0)                 # results equal to the truth: AP 1
+    assert loaded == 72 and ap == pytest.approx(1.0)                 # results equal to the truth: AP 1
     moved = copy.deepcopy(results)
     for r in moved:                                                  # shift found keypoints by 20 px: AP drops
         kp = np.array(r["keypoints"]).reshape(-1, 3)
@@ -339,10 +346,10 @@ def run_query(capsys, *argv) -> tuple[int, str, str]:
 
 def test_query_command(output, capsys):
     code, out, _ = run_query(capsys, str(output), "--tables")
-    assert code == 0 and re.search(r"frames\s+82\s+66", out) and re.search(r"errors\s+1\s+10", out)
+    assert code == 0 and re.search(r"frames\s+84\s+66", out) and re.search(r"errors\s+1\s+10", out)
     code, out, _ = run_query(capsys, str(output), "--csv", "SELECT source, count(*) AS n FROM frames "
                                                            "GROUP BY ALL ORDER BY ALL")
-    assert code == 0 and out.splitlines() == ["source,n", "01,12", "cam1,70"]
+    assert code == 0 and out.splitlines() == ["source,n", "01,12", "cam1,72"]
     code, out, _ = run_query(capsys, str(output), "--max-rows", "3", "SELECT * FROM tracks")
     assert code == 0 and "... 0 more rows" not in out and len(out.splitlines()) == 4   # header + 3 rows
     code, out, _ = run_query(capsys, str(output), "--max-rows", "2", "SELECT * FROM tracks")
@@ -427,7 +434,7 @@ def test_readme_shell_examples_run(readme_output, capsys):
         outputs.append(capsys.readouterr().out)
     assert "walk-0123456789,1,15" in outputs[2]                      # the hand-raising track, as CSV
     assert re.search(r"cam1\s+0\s+2", outputs[1])
-    assert len(json.loads(Path("results.json").read_text())) == 70
+    assert len(json.loads(Path("results.json").read_text())) == 72
     with av.open("clip.mp4") as clip:
         assert sum(1 for _ in clip.decode(video=0)) == 40
     assert Path("sheet.png").stat().st_size > 0 and Path("summary.png").stat().st_size > 0
