@@ -41,7 +41,8 @@ def _frame(frames: Frames, frame_index: int, name: str, num_keypoints: int) -> t
     if keypoints.ndim != 3 or keypoints.shape[1:] != (num_keypoints, 3) or len(ids) != len(keypoints):
         raise ValueError(f"{name} frame {frame_index}: expected ids (P,) and keypoints (P, {num_keypoints}, 3), "
                          f"got {ids.shape} and {keypoints.shape}")
-    if len(np.unique(ids)) != len(ids):
+    tracked = ids[ids >= 0]  # negative: untracked people (pipeline.tracking.UNTRACKED), any number of them
+    if len(np.unique(tracked)) != len(tracked):
         raise ValueError(f"{name} frame {frame_index}: track ids must be unique within a frame, got {ids.tolist()}")
     return ids, keypoints
 

@@ -77,7 +77,8 @@ def test_unlabelled_ground_truth_and_untracked_predictions_are_left_out():
     gt = two_walkers(5)
     unlabelled = np.full((NUM_KEYPOINTS, 3), [np.nan, np.nan, 0.0])
     gt_with_hidden = {t: (np.append(ids, 30), np.concatenate([kp, unlabelled[None]])) for t, (ids, kp) in gt.items()}
-    pred = {t: (np.append(ids, -1), np.concatenate([kp, person(400, 100)[None]])) for t, (ids, kp) in gt.items()}
+    extra = np.stack([person(400, 100), person(500, 100)])  # two untracked people per frame (track_id -1)
+    pred = {t: (np.append(ids, [-1, -1]), np.concatenate([kp, extra])) for t, (ids, kp) in gt.items()}
     assert evaluate_tracks(gt_with_hidden, pred)["idf1"] == 1.0
 
 
