@@ -579,7 +579,7 @@ def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", co
             args += ["--set", item]
         config = load_run_config(parse_args(args))
         init_ray(config)
-        decode, infer, gpus, threads = pool_sizes(config)
+        pools = pool_sizes(config)
         with ResourceSampler() as sampler:
             summary = run(config)
     finally:
@@ -587,8 +587,9 @@ def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", co
     if summary.status != "clean":
         raise RuntimeError(f"benchmark pipeline run over {archive} was {summary.status}, expected clean: "
                            f"{summary.errors[:3]}; delete the cache folder to regenerate the videos")
-    label = config_label or (f"decode {decode} x {config.decode.threads} thr, infer {infer} x {threads or 'auto'} "
-                             f"thr{' (GPU)' if gpus else ''}, B={config.model.batch_size}, "
+    label = config_label or (f"decode {pools.decode} x {config.decode.threads} thr, infer {pools.infer} x "
+                             f"{pools.threads or 'auto'} thr{' (GPU)' if pools.infer_gpus else ''}, "
+                             f"B={config.model.batch_size}, "
                              f"{len(archive_videos(archive))} videos")
     cpu = sampler.cpu_seconds()
     extra = {"role_peak_rss_mb": sampler.role_mb, "role_sum_peak_rss_mb": sampler.role_sum_mb,
@@ -832,7 +833,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
     config = load_config(RunConfig, None, base)
     started_ray = not ray.is_initialized()
     init_ray(config)
-    decode_workers, infer_workers, gpus, threads = pool_sizes(config)
+    pools = pool_sizes(config)
     rows: list[Measurement] = []
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     try:
@@ -841,11 +842,11 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
         if "raw" not in skip:
             sampling = dict(every_nth=config.decode.every_nth, target_fps=config.decode.fps,
                             max_frames=config.decode.max_frames)
-            rows.append(raw_decode_rate(videos, size, decode_workers, config.decode.batch_size,
+            rows.append(raw_decode_rate(videos, size, pools.decode, config.decode.batch_size,
                                         config.decode.threads, sampling))
             for batch_size in dict.fromkeys([args.batch_size] + (args.batch_sizes or [])):
-                rows += raw_model_rates(checkpoint, batch_size, infer_workers, threads, args.device, args.precision,
-                                        args.compile, args.model_seconds, model_frames)
+                rows += raw_model_rates(checkpoint, batch_size, pools.infer, pools.threads, args.device,
+                                        args.precision, args.compile, args.model_seconds, model_frames)
         if "pipeline" not in skip:
             rows.append(pipeline_run(single, base, "pipeline 1 video"))
             rows.append(pipeline_run(archive, base, "pipeline"))
@@ -855,7 +856,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
                                          f"run {repetition + 1}: {' '.join(overrides) or 'as configured'}"))
         if "scaling" not in skip:
             for n in args.decode_workers:
-                if n == decode_workers and not config.decode.workers:
+                if n == pools.decode and not config.decode.workers:
                     continue  # the pipeline row is this run
                 overrides = base + [f"decode.workers={n}"]
                 rows.append(pipeline_run(archive, overrides, "scaling", f"decode {n}, {len(videos)} videos"))

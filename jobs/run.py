@@ -115,18 +115,36 @@ def init_ray(config: RunConfig) -> None:
         ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
 
 
-def pool_sizes(config: RunConfig) -> tuple[int, int, float, int | None]:
-    """(decode actors, inference actors, GPUs per inference actor, torch threads) from config and the cluster."""
+@dataclass(frozen=True)
+class Pools:
+    """The actor pools of a run and what each actor reserves."""
+    decode: int                # decode actors
+    infer: int                 # inference actors
+    decode_cpus: float         # CPUs each decode actor reserves (`decode_cpus`)
+    infer_gpus: float          # GPUs each inference actor reserves; 0: inference on CPU
+    threads: int | None        # torch threads per inference actor; None: torch's default (GPU actors)
+
+
+def pool_sizes(config: RunConfig) -> Pools:
+    """The pools of `config` on the connected Ray cluster (`plan_pools` over its resources)."""
     import ray
 
     resources = ray.cluster_resources()
-    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    return plan_pools(config, float(resources.get("CPU", 1)), int(resources.get("GPU", 0)),
+                      float(resources.get("memory", 0)))
+
+
+def plan_pools(config: RunConfig, cpus: float, gpus: int, memory: float) -> Pools:
+    """Pools from config and a cluster's CPUs, GPUs and memory (bytes): one inference actor per GPU (or per
+    `model.cpus_per_worker` CPUs left by a quarter of the CPUs decoding), shrunk to fit the memory reservations."""
     use_gpu = gpus > 0 and config.model.device in ("auto", "cuda")
-    decode = config.decode.workers or max(1, cpus // 4)
-    infer = config.model.workers or (gpus if use_gpu else max(1, (cpus - decode) // max(1, int(config.model.cpus_per_worker))))
-    decode, infer = fit_memory(decode, infer, config, float(resources.get("memory", 0)))
+    decode = config.decode.workers or max(1, int(cpus) // 4)
+    infer = config.model.workers or (gpus if use_gpu else max(1, (int(cpus) - decode)
+                                                                // max(1, int(config.model.cpus_per_worker))))
+    decode, infer = fit_memory(decode, infer, config, memory)
+    infer_gpus = 1.0 if use_gpu else 0.0
     threads = config.model.threads or (None if use_gpu else max(1, int(config.model.cpus_per_worker)))
-    return decode, infer, (1.0 if use_gpu else 0.0), threads
+    return Pools(decode, infer, decode_cpus(decode, infer, config, cpus, infer_gpus), infer_gpus, threads)
 
 
 def memory_bytes(gb: float | None) -> int:
@@ -180,9 +198,9 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
     from pipeline.decode import FrameDecoder
     from pipeline.inference import PoseEstimator
 
-    decode_workers, infer_workers, gpus, threads = pool_sizes(config)
-    logger.info("decode actors %d, inference actors %d (gpus each %.0f)", decode_workers, infer_workers, gpus)
-    decode_share = decode_cpus(decode_workers, infer_workers, config, ray.cluster_resources().get("CPU", 1), gpus)
+    pools = pool_sizes(config)
+    logger.info("decode actors %d (%.2g CPUs each), inference actors %d (GPUs each %.0f)", pools.decode,
+                pools.decode_cpus, pools.infer, pools.infer_gpus)
     # Fault tolerance: a dead actor always restarts and its batch is retried `max_task_retries` times (replayed
     # rows overwrite, see VideoAssembler); a batch that fails every retry is dropped and its videos get error rows.
     retries = dict(max_restarts=-1, max_task_retries=config.ray.max_task_retries)
@@ -197,23 +215,23 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
     ds.context.target_max_block_size = config.decode.batch_size * input_size * input_size * 3
     if config.ray.buffered_batches:  # bound frames waiting in the object store: memory set by config, not archive
         frame_bytes = input_size * input_size * 3                          # uint8 (S, S, 3)
-        limit = config.ray.buffered_batches * (decode_workers + infer_workers) * config.decode.batch_size * frame_bytes
+        limit = config.ray.buffered_batches * (pools.decode + pools.infer) * config.decode.batch_size * frame_bytes
         limits = ds.context.execution_options.resource_limits
         ds.context.execution_options.resource_limits = limits.copy(object_store_memory=limit)
     ds = ds.map_batches(
-        FrameDecoder, batch_size=1, compute=ActorPoolStrategy(size=decode_workers), num_cpus=decode_share,
+        FrameDecoder, batch_size=1, compute=ActorPoolStrategy(size=pools.decode), num_cpus=pools.decode_cpus,
         memory=memory_bytes(config.decode.memory_gb), **retries,
         fn_constructor_kwargs=dict(size=input_size, every_nth=config.decode.every_nth, fps=config.decode.fps,
                                    max_frames=config.decode.max_frames, batch_size=config.decode.batch_size,
                                    threads=config.decode.threads, storage_options=config.storage_options,
                                    cache_dir=config.decode.cache_dir, timeout_s=config.decode.timeout_s))
     ds = ds.map_batches(
-        PoseEstimator, batch_size=config.model.batch_size, compute=ActorPoolStrategy(size=infer_workers),
-        num_gpus=gpus, num_cpus=0 if gpus else config.model.cpus_per_worker,
+        PoseEstimator, batch_size=config.model.batch_size, compute=ActorPoolStrategy(size=pools.infer),
+        num_gpus=pools.infer_gpus, num_cpus=0 if pools.infer_gpus else config.model.cpus_per_worker,
         memory=memory_bytes(config.model.memory_gb), **retries,
         fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
                                    precision=config.model.precision, flip_test=config.model.flip_test,
-                                   grouping=config.grouping, threads=threads,
+                                   grouping=config.grouping, threads=pools.threads,
                                    storage_options=config.storage_options))
     return ds
 

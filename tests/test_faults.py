@@ -22,7 +22,8 @@ import pytest
 
 import faults
 from conftest import encode_video
-from jobs.run import EXIT_USAGE, decode_cpus, fit_memory, load_run_config, main, parse_args, run
+from jobs.run import (EXIT_USAGE, Pools, decode_cpus, fit_memory, load_run_config, main, parse_args, plan_pools,
+                     run)
 from pipeline.assembly import VideoAssembler
 from pipeline.config import ConfigError, RunConfig
 from pipeline.decode import FrameDecoder
@@ -244,6 +245,16 @@ def test_decode_actors_share_the_cpus_inference_leaves_so_no_actor_waits():
     assert decode_cpus(4, 1, RunConfig(), cpus=16, gpus=1.0) == 1.0    # GPU inference actors reserve no CPU
     with pytest.raises(ConfigError, match="leave none to decode"):
         decode_cpus(1, 2, RunConfig(), cpus=2, gpus=0)
+
+
+def test_pools_from_the_cluster_resources():
+    assert plan_pools(RunConfig(), cpus=2, gpus=0, memory=8 * 2**30) == Pools(1, 1, 1.0, 0.0, 1)
+    assert plan_pools(RunConfig(), cpus=16, gpus=0, memory=8 * 2**30) == Pools(4, 12, 1.0, 0.0, 1)
+    assert plan_pools(RunConfig(), cpus=16, gpus=2, memory=8 * 2**30) == Pools(4, 2, 1.0, 1.0, None)
+    two_decoders = RunConfig.model_validate({"decode": {"workers": 2}})
+    assert plan_pools(two_decoders, cpus=2, gpus=0, memory=8 * 2**30) == Pools(2, 1, 0.5, 0.0, 1)
+    on_cpu = RunConfig.model_validate({"model": {"device": "cpu", "threads": 2}})
+    assert plan_pools(on_cpu, cpus=16, gpus=2, memory=8 * 2**30) == Pools(4, 12, 1.0, 0.0, 2)
 
 
 # --- the whole job through Ray -------------------------------------------------------------------------------
