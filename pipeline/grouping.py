@@ -4,7 +4,8 @@ Shape letters: B = images, K = keypoint types, L = limbs (`SKELETON` order), H, 
 keypoint type, P = people found. Coordinates are heatmap pixels (see `pipeline.heatmaps`).
 
 Steps, per image:
-1. Candidates: `find_peaks` (3x3 NMS, threshold, top M, sub-pixel) on the device that holds the maps.
+1. Candidates: `smooth_heatmaps` (a small Gaussian blur), then `find_peaks` (3x3 NMS, threshold, top M,
+   sub-pixel), on the device that holds the maps.
 2. Limb scores: for every limb and every (start, end) candidate pair, the PAF line integral (`score_limb_pairs`),
    also on that device; only the peaks and the (L, M, M) pair scores move to the CPU, never the full fields.
    A pair's score gets OpenPose's distance prior min(max_limb_length * H / length - 1, 0), which penalises
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.heatmaps import find_peaks
+from pipeline.heatmaps import find_peaks, smooth_heatmaps
 from pipeline.keypoints import NUM_KEYPOINTS, SKELETON
 from pipeline.pafs import score_limb_pairs
 
@@ -38,6 +39,7 @@ class GroupingConfig:
     (peak_threshold 0.1 -> 0.3, min_keypoints 3 -> 5); tune again on a val split for another checkpoint."""
 
     peak_threshold: float = 0.3  # heatmap value a keypoint candidate must exceed (targets peak at 1.0)
+    heatmap_blur: float = 1.0  # std (heatmap px) of the Gaussian blur before peak finding (`smooth_heatmaps`); 0: off
     max_peaks: int = 20  # M, candidates kept per keypoint type and image
     num_samples: int = 10  # points sampled along a candidate limb for the PAF line integral
     alignment_threshold: float = 0.05  # a sample is aligned when PAF . limb direction exceeds this
@@ -50,6 +52,8 @@ class GroupingConfig:
     def __post_init__(self) -> None:
         if self.peak_threshold < 0:
             raise ValueError(f"expected peak_threshold >= 0, got {self.peak_threshold}")
+        if self.heatmap_blur < 0:
+            raise ValueError(f"expected heatmap_blur >= 0 (0: no blur), got {self.heatmap_blur}")
         for name in ("max_peaks", "min_keypoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
@@ -94,7 +98,7 @@ def group_people_batch(
     """
     _check_fields(heatmaps, pafs)
     batch, num_keypoints, height, _ = heatmaps.shape
-    peaks = find_peaks(heatmaps, config.peak_threshold, config.max_peaks)  # (B, K, M, 3)
+    peaks = find_peaks(smooth_heatmaps(heatmaps, config.heatmap_blur), config.peak_threshold, config.max_peaks)
     used = int((peaks[..., 2] > 0).sum(dim=-1).max())  # the one device sync: trims empty peak slots
     if used == 0:
         return [_no_people(num_keypoints) for _ in range(batch)]

@@ -9,6 +9,7 @@ from pipeline.heatmaps import (
     find_peaks,
     heatmap_to_input,
     input_to_heatmap,
+    smooth_heatmaps,
 )
 
 
@@ -124,3 +125,18 @@ def test_find_peaks_threshold_max_peaks_and_plateaus():
     assert tiny.shape == (2, 3, 6, 3) and (tiny[..., 2] == 0).all()
     with pytest.raises(ValueError, match="threshold"):
         find_peaks(t, threshold=-1.0)
+
+
+def test_smooth_heatmaps_keeps_gaussian_peaks_and_merges_ripples():
+    kp = np.array([[[10.3, 12.6, 1]], [[30.7, 20.2, 1]]])
+    maps = torch.from_numpy(encode_heatmaps(kp, (32, 48))[None])  # (1, 1, 32, 48)
+    smooth = smooth_heatmaps(maps, 1.0)
+    assert smooth.shape == maps.shape and smooth.max() == pytest.approx(float(maps.max()), abs=1e-6)
+    peaks = find_peaks(smooth, threshold=0.1, max_peaks=4)[0, 0].numpy()
+    found = sorted(map(tuple, peaks[peaks[:, 2] > 0, :2]))
+    np.testing.assert_allclose(found, [(10.3, 12.6), (30.7, 20.2)], atol=0.02)  # a blurred Gaussian: same centre
+    assert smooth_heatmaps(maps, 0.0) is maps
+    ripple = torch.zeros(1, 1, 9, 9)
+    ripple[0, 0, 4, 3], ripple[0, 0, 4, 5] = 0.8, 0.7  # two maxima 2 px apart: noise around one keypoint
+    assert (find_peaks(ripple, 0.1)[0, 0, :, 2] > 0).sum() == 2
+    assert (find_peaks(smooth_heatmaps(ripple, 1.0), 0.1)[0, 0, :, 2] > 0).sum() == 1
