@@ -159,6 +159,33 @@ def smooth_heatmaps(heatmaps: torch.Tensor, sigma: float) -> torch.Tensor:
     return out * scale
 
 
+@torch.no_grad()
+def box_maxima(heatmaps: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The maximum of every keypoint map inside each box, sub-pixel refined as `find_peaks` does, on the maps' device.
+
+    Args:
+        heatmaps: (B, K, H, W); image_index: (N,) int64, the image of each box; boxes: (N, 4) [x0, y0, x1, y1] in
+            heatmap pixels, edges included.
+    Returns:
+        (N, K, 3) float32 [x, y, value]; [NaN, NaN, 0] for a box that holds no pixel centre.
+    """
+    _check_heatmaps(heatmaps)
+    heatmaps = heatmaps.float()
+    height, width = heatmaps.shape[-2:]
+    maps = heatmaps[image_index]  # (N, K, H, W)
+    xs = torch.arange(width, device=maps.device, dtype=torch.float32)
+    ys = torch.arange(height, device=maps.device, dtype=torch.float32)
+    boxes = boxes.to(maps.device, torch.float32)
+    inside = ((ys >= boxes[:, 1, None]) & (ys <= boxes[:, 3, None]))[:, :, None] \
+        & ((xs >= boxes[:, 0, None]) & (xs <= boxes[:, 2, None]))[:, None, :]  # (N, H, W)
+    masked = torch.where(inside[:, None], maps, torch.full_like(maps, float("-inf"))).flatten(2)  # (N, K, H*W)
+    value, index = masked.max(dim=2)  # (N, K)
+    xy = _refine_peaks(maps, (index % width)[..., None], (index // width)[..., None])[:, :, 0]  # (N, K, 2)
+    out = torch.cat([xy, value[..., None]], dim=-1)  # (N, K, 3)
+    empty = ~inside.flatten(1).any(dim=1)  # (N,)
+    return torch.where(empty[:, None, None], torch.tensor([float("nan"), float("nan"), 0.0], device=out.device), out)
+
+
 def _refine_peaks(heatmaps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
     """Sub-pixel location of the maxima at integer pixels (ix, iy), each (B, K, M) long -> (B, K, M, 2) float32.
 

@@ -4,7 +4,7 @@ import torch
 
 from pipeline.grouping import GroupingConfig, _match_greedily, group_people, group_people_batch
 from pipeline.heatmaps import encode_heatmaps
-from pipeline.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS, NUM_LIMBS
+from pipeline.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS, NUM_LIMBS, SKELETON
 from pipeline.pafs import encode_pafs
 
 SIZE = (64, 64)  # (H, W) heatmap pixels
@@ -118,7 +118,7 @@ def test_noise_fields_give_valid_deterministic_output():
     rng = np.random.default_rng(0)
     heatmaps = torch.from_numpy(rng.uniform(0, 1, size=(2, NUM_KEYPOINTS, 24, 32)).astype(np.float32))
     pafs = torch.from_numpy(rng.normal(0, 1, size=(2, 2 * NUM_LIMBS, 24, 32)).astype(np.float32))
-    config = GroupingConfig(min_aligned_fraction=0.5, min_keypoints=2)
+    config = GroupingConfig(min_aligned_fraction=0.5, min_keypoints=2, fill_margin=None)
     first, second = group_people_batch(heatmaps, pafs, config), group_people_batch(heatmaps, pafs, config)
     assert sum(len(k) for k, _ in first) > 0  # noise this strong does form (nonsense) people
     for (keypoints, scores), (again_kp, again_sc) in zip(first, second):
@@ -131,6 +131,30 @@ def test_noise_fields_give_valid_deterministic_output():
         for k in range(NUM_KEYPOINTS):  # a candidate belongs to at most one person
             xy = keypoints[present[:, k], k, :2]
             assert len(np.unique(xy, axis=0)) == len(xy)
+    filled = group_people_batch(heatmaps, pafs, GroupingConfig(min_aligned_fraction=0.5, min_keypoints=2))
+    for (keypoints, scores), (assembled, same_scores) in zip(filled, first):
+        np.testing.assert_array_equal(scores, same_scores)  # filling adds keypoints, never changes a person's score
+        kept = assembled[..., 2] > 0
+        np.testing.assert_array_equal(keypoints[kept], assembled[kept])
+        assert ((keypoints[..., 2] > 0).sum() >= kept.sum()) and np.isfinite(keypoints[keypoints[..., 2] > 0]).all()
+
+
+def test_missing_keypoints_are_filled_from_the_heatmap_inside_the_persons_box():
+    """Where a limb's field is lost (here the left forearm of the first person), the wrist is not joined; filling
+    takes it from its heatmap inside that person's box, and never takes the other person's wrist."""
+    truth = [person(20.3, 31.2), person(44.1, 30.7)]
+    heatmaps, pafs = fields(truth)
+    forearm = [i for i, limb in enumerate(SKELETON) if limb == (KEYPOINT_INDEX["left_elbow"],
+                                                                 KEYPOINT_INDEX["left_wrist"])][0]
+    pafs[2 * forearm:2 * forearm + 2, :, :32] = 0.0
+    wrist = KEYPOINT_INDEX["left_wrist"]
+    bare, _ = group_people(heatmaps, pafs, GroupingConfig(fill_margin=None))
+    filled, _ = group_people(heatmaps, pafs)
+    first = int(np.argmin(np.nanmean(filled[:, :, 0], axis=1)))
+    assert (bare[..., 2] > 0).sum() == 2 * NUM_KEYPOINTS - 1  # the first person's left wrist is missing
+    np.testing.assert_allclose(filled[first, wrist, :2], truth[0][wrist, :2], atol=0.05)
+    assert filled[first, wrist, 2] > 0.9
+    assert_found(filled, truth)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from pipeline.heatmaps import (
+    box_maxima,
     decode_heatmaps,
     decode_heatmaps_torch,
     encode_heatmaps,
@@ -140,3 +141,15 @@ def test_smooth_heatmaps_keeps_gaussian_peaks_and_merges_ripples():
     ripple[0, 0, 4, 3], ripple[0, 0, 4, 5] = 0.8, 0.7  # two maxima 2 px apart: noise around one keypoint
     assert (find_peaks(ripple, 0.1)[0, 0, :, 2] > 0).sum() == 2
     assert (find_peaks(smooth_heatmaps(ripple, 1.0), 0.1)[0, 0, :, 2] > 0).sum() == 1
+
+
+def test_box_maxima_finds_the_peak_inside_each_box_only():
+    kp = np.array([[[10.3, 12.6, 1]], [[30.7, 20.2, 1]]])
+    maps = torch.from_numpy(encode_heatmaps(kp, (32, 48))[None]).repeat(2, 1, 1, 1)  # (B=2, K=1, 32, 48)
+    maps[1] *= 0.5
+    boxes = torch.tensor([[0, 0, 20, 20], [25, 15, 40, 25], [25, 15, 40, 25], [44.2, 3.1, 44.8, 3.9]])
+    out = box_maxima(maps, torch.tensor([0, 0, 1, 0]), boxes).numpy()  # (4, K=1, 3)
+    np.testing.assert_allclose(out[0, 0], [10.3, 12.6, maps[0, 0].max()], atol=0.02)  # the other peak is outside
+    np.testing.assert_allclose(out[1, 0, :2], [30.7, 20.2], atol=0.02)
+    assert out[2, 0, 2] == pytest.approx(out[1, 0, 2] / 2, rel=1e-5)                  # the box's own image
+    assert np.isnan(out[3, 0, :2]).all() and out[3, 0, 2] == 0                          # no pixel centre inside
