@@ -190,15 +190,18 @@ def absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
-def export_run(output: str, export: str, storage_options: dict | None = None) -> None:
-    """Copy best.pt to `export` and the trace files beside it as <stem>-trace.{csv,json,png}."""
+def export_run(output: str, export: str, storage_options: dict | None = None, checkpoint: str = "best.pt") -> None:
+    """Copy a run's `checkpoint` (best.pt: best held-out AP of an epoch; last.pt: the last epoch) to `export` and the
+    trace files beside it as <stem>-trace.{csv,json,png}."""
+    if checkpoint not in ("best.pt", "last.pt"):
+        raise ValueError(f"expected checkpoint 'best.pt' or 'last.pt', got {checkpoint!r}")
     stem = export[:-3] if export.endswith(".pt") else export
-    for src, dst in [("best.pt", export), ("trace.csv", f"{stem}-trace.csv"), ("trace.json", f"{stem}-trace.json"),
+    for src, dst in [(checkpoint, export), ("trace.csv", f"{stem}-trace.csv"), ("trace.json", f"{stem}-trace.json"),
                      ("trace.png", f"{stem}-trace.png")]:
         src_fs, src_path = resolve(join(output, src), storage_options)
         dst_fs, dst_path = resolve(dst, storage_options)
         write_bytes_atomic(dst_fs, dst_path, src_fs.cat_file(src_path))
-    logger.info("exported %s/best.pt to %s", output, export)
+    logger.info("exported %s/%s to %s", output, checkpoint, export)
 
 
 # ----------------------------------------------------------------------------------------------------- worker
