@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.keypoints import NUM_KEYPOINTS
-from pipeline.tracking import Tracker, TrackerConfig, confirm_tracks
+from pipeline.tracking import TrackerConfig, track_video
 
 
 @dataclass
@@ -81,19 +81,19 @@ class VideoAssembler:
 
 
 def track(video: VideoRows, config: TrackerConfig) -> list[TrackedFrame]:
-    """Run the tracker over a complete video, frames in order; people within a frame in person_index order; final ids
-    from `confirm_tracks` (the whole video is at hand, so unconfirmed tracks are known)."""
-    tracker = Tracker(config)
-    out = []
+    """Track a complete video (`track_video`: final ids, the whole video is at hand), frames in order; people within a
+    frame in person_index order."""
+    inputs, scores = [], []
     for frame_index in sorted(video.frames):
         frame = video.frames[frame_index]
         order = sorted(frame.people)
-        scores = np.array([frame.people[p][0] for p in order], dtype=np.float32)
         keypoints = (np.stack([frame.people[p][1] for p in order]).astype(np.float32) if order
                      else np.zeros((0, NUM_KEYPOINTS, 3), np.float32))
-        ids, keypoints = tracker.update(frame_index, frame.timestamp_s, keypoints)
+        inputs.append((frame_index, frame.timestamp_s, keypoints))
+        scores.append(np.array([frame.people[p][0] for p in order], dtype=np.float32))
+    out = []
+    for (frame_index, _, _), frame_scores, (ids, keypoints) in zip(inputs, scores, track_video(inputs, config)):
+        frame = video.frames[frame_index]
         out.append(TrackedFrame(frame_index, frame.timestamp_s, frame.width, frame.height,
-                                np.asarray(ids, np.int64), scores, keypoints))
-    for frame, ids in zip(out, confirm_tracks([f.track_ids for f in out], config.min_hits)):
-        frame.track_ids = ids
+                                np.asarray(ids, np.int64), frame_scores, keypoints))
     return out

@@ -49,8 +49,9 @@ def _flip_limbs() -> tuple[tuple[int, ...], tuple[int, ...]]:
     index, sign = [], []
     for a, b in SKELETON:
         fa, fb = FLIP_INDEX[a], FLIP_INDEX[b]
-        index.append(SKELETON.index((fa, fb)) if (fa, fb) in SKELETON else SKELETON.index((fb, fa)))
-        sign.append(1 if (fa, fb) in SKELETON else -1)
+        same_way = (fa, fb) in SKELETON
+        index.append(SKELETON.index((fa, fb) if same_way else (fb, fa)))
+        sign.append(1 if same_way else -1)
     return tuple(index), tuple(sign)
 
 

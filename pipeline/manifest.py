@@ -40,7 +40,8 @@ from pipeline.storage import join, missing_bucket, resolve, write_parquet_atomic
 logger = logging.getLogger(__name__)
 
 MANIFEST_PATH = "_manifest/videos.parquet"
-OUTPUT_SETTINGS = {"decode": ("every_nth", "fps", "max_frames"), "model": ("precision", "flip_test")}  # + grouping, tracking
+# + grouping, tracking
+OUTPUT_SETTINGS = {"decode": ("every_nth", "fps", "max_frames"), "model": ("precision", "flip_test")}
 
 MANIFEST_SCHEMA = pa.schema([
     pa.field("uri", pa.string(), nullable=False),

@@ -185,7 +185,7 @@ class PoseNet(nn.Module):
 def unmirror_outputs(heatmaps: torch.Tensor, pafs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs for a mirrored image -> outputs for the image itself: columns reversed, left and right keypoint
     channels swapped, limbs swapped (`FLIP_LIMB_INDEX`), PAF x negated and, for limbs whose mirror runs the other
-    way, the whole vector negated. Output pixel h and w - 1 - h are mirror images (pixel centres at (h + 0.5) * 4 - 0.5).
+    way, the whole vector negated. Output pixels h and w - 1 - h are mirror images (centres at (h + 0.5) * 4 - 0.5).
     """
     heatmaps = heatmaps.flip(-1)[:, list(FLIP_INDEX)]                        # (B, K, h, w)
     pafs = pafs.flip(-1).unflatten(1, (-1, 2))[:, list(FLIP_LIMB_INDEX)]     # (B, L, 2, h, w)

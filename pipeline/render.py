@@ -73,7 +73,8 @@ def draw_people(image: np.ndarray, keypoints: np.ndarray, track_ids: np.ndarray,
             cv2.circle(out, tuple(pts[k]), radius, colour, -1, cv2.LINE_AA)
         if found.any():
             x0, y0 = pts[found, 0].min(), pts[found, 1].min()
-            _draw_label(out, f"id {int(track_id)}" if track_id != UNTRACKED else "?", (int(x0), int(y0) - radius - 3), colour, font_scale)
+            label = f"id {int(track_id)}" if track_id != UNTRACKED else "?"
+            _draw_label(out, label, (int(x0), int(y0) - radius - 3), colour, font_scale)
     return out
 
 
@@ -235,8 +236,9 @@ def summary_by_time(con: duckdb.DuckDBPyConnection, bin_s: float | None = None) 
     """People and mean keypoint score per source and time bin, aggregated in DuckDB.
 
     Time is the position in the video (`timestamp_s`; the tables hold no wall-clock capture time), so the videos
-    of a source add up bin by bin. people = distinct (video, track) seen in the bin, untracked rows left out; mean_score = mean over rows of
-    the mean score of the keypoints found in the row. Returns (DataFrame source, t_s, people, mean_score, rows; bin_s).
+    of a source add up bin by bin. people = distinct (video, track) seen in the bin, untracked rows left out;
+    mean_score = mean over rows of the mean score of the keypoints found in the row.
+    Returns (DataFrame source, t_s, people, mean_score, rows; bin_s).
     """
     span = con.execute("SELECT coalesce(max(timestamp_s), 0) FROM frames").fetchone()[0]
     bin_s = float(bin_s or summary_bin_seconds(float(span)))

@@ -132,6 +132,7 @@ def test_outputs_hash_follows_what_changes_rows_not_what_changes_speed():
     assert outputs_hash(same, meta) == base
     assert outputs_hash(RunConfig.model_validate({"decode": {"fps": 5}}), meta) != base
     assert outputs_hash(RunConfig.model_validate({"grouping": {"min_keypoints": 2}}), meta) != base
+    assert outputs_hash(RunConfig.model_validate({"model": {"flip_test": True}}), meta) != base
     assert outputs_hash(RunConfig(), meta | {"epoch": 4}) != base              # a new checkpoint
 
 
