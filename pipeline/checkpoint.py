@@ -14,6 +14,7 @@ loads use `weights_only=True`, so a checkpoint cannot run code. The metadata is 
     metrics         validation metrics at that epoch
     epoch           1-based epoch the weights are from
     created_at      ISO-8601 UTC time of writing
+    weights_dtype   float32, or float16 for a file saved with half=True (loaded back as float32)
 
 Optimizer state for resuming lives in a separate file (`save_training_state`), so the exported model stays small.
 """
@@ -66,8 +67,10 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def save_checkpoint(model: PoseNet, uri: str, metadata: dict, storage_options: dict | None = None) -> None:
-    """Write weights + metadata to `uri` atomically.
+def save_checkpoint(model: PoseNet, uri: str, metadata: dict, storage_options: dict | None = None,
+                    half: bool = False) -> None:
+    """Write weights + metadata to `uri` atomically; `half` stores floating weights as fp16 (half the file; they load
+    back into fp32, the outputs moving by about 1e-3 of their range). metadata["weights_dtype"] records which.
 
     Raises:
         ValueError: when `metadata` lacks a required key or is not JSON-like (it must load with weights_only=True).
@@ -80,6 +83,9 @@ def save_checkpoint(model: PoseNet, uri: str, metadata: dict, storage_options: d
     except TypeError as exc:
         raise ValueError(f"checkpoint metadata must be JSON-like (str, int, float, list, dict): {exc}") from exc
     state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    plain["weights_dtype"] = "float16" if half else "float32"
     save_payload({"state_dict": state, "metadata": plain}, uri, storage_options)
     logger.info("saved checkpoint %s (epoch %s)", uri, plain.get("epoch"))
 

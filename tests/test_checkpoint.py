@@ -41,6 +41,23 @@ def test_round_trip_gives_the_same_outputs(tmp_path, where):
     assert {"mean", "std", "train_config", "created_at", "model"} <= set(meta)
 
 
+def test_half_checkpoint_is_half_the_size_and_loads_as_fp32(tmp_path):
+    model = tiny_model()
+    save_checkpoint(model, str(tmp_path / "full.pt"), checkpoint_metadata(TINY))
+    save_checkpoint(model, str(tmp_path / "half.pt"), checkpoint_metadata(TINY), half=True)
+    size, half_size = (tmp_path / "full.pt").stat().st_size, (tmp_path / "half.pt").stat().st_size
+    float_bytes = sum(4 * t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    assert size - half_size == pytest.approx(float_bytes / 2, rel=0.05)  # every float weight stored in 2 bytes
+    loaded, meta = load_checkpoint(str(tmp_path / "half.pt"))
+    assert meta["weights_dtype"] == "float16" and load_checkpoint(str(tmp_path / "full.pt"))[1]["weights_dtype"] \
+        == "float32"
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), loaded(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-2 * float(a.abs().max()))
+
+
 def test_local_save_leaves_no_temporary_files(tmp_path):
     save_checkpoint(tiny_model(), str(tmp_path / "m.pt"), checkpoint_metadata(TINY))
     save_checkpoint(tiny_model(), str(tmp_path / "m.pt"), checkpoint_metadata(TINY, epoch=2))  # overwrite

@@ -1,8 +1,12 @@
+import logging
+
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from pipeline.inference import PoseEstimator, fold_batchnorm, missing_keypoints
+from pipeline import inference
+from pipeline.inference import PoseEstimator, autocast_dtype, fold_batchnorm, missing_keypoints
 from pipeline.model import ModelConfig, PoseNet
 
 
@@ -58,3 +62,18 @@ def test_flip_test_predictions_are_mirror_symmetric():
     order, order_m = np.argsort(np.nanmean(kp[..., 0], 1)), np.argsort(np.nanmean(kp_m[..., 0], 1))
     np.testing.assert_allclose(kp[order], kp_m[order_m], atol=1e-2)
     np.testing.assert_allclose(np.sort(scores), np.sort(scores_m), atol=1e-3)
+
+
+def test_auto_precision_takes_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, caplog):
+    cpu = torch.device("cpu")
+    assert isinstance(inference.cpu_has_native_bf16(), bool)
+    assert autocast_dtype("fp32", cpu) is None
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype("auto", cpu) is None
+    with caplog.at_level(logging.WARNING, logger="pipeline.inference"):
+        assert autocast_dtype("bf16", cpu) is torch.bfloat16  # honoured, but slow: the user is told
+    assert "emulated" in caplog.text
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype("auto", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        autocast_dtype("int8", cpu)

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.keypoints import NUM_KEYPOINTS, NUM_LIMBS
-from pipeline.model import ModelConfig, PoseNet, count_parameters
+from pipeline.model import ModelConfig, PoseNet, count_parameters, deepen
 
 TINY = ModelConfig(input_size=64, width=8, stage_blocks=(1, 1, 1), feature_channels=16, head_channels=8, head_convs=1)
 
@@ -135,3 +135,30 @@ def test_flip_averaged_outputs_of_a_mirrored_image_are_the_mirror(tiny_model):
     for a, b in zip(direct, via_mirror):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(direct[0], plain[0])
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_deepen_adds_blocks_that_start_as_the_identity(training):
+    torch.manual_seed(0)
+    model = PoseNet(TINY)
+    with torch.no_grad():  # trained-looking BatchNorms: the identity must not rely on their defaults
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.running_var.uniform_(0.5, 2)
+    model.train(training)
+    grown = deepen(model, (1, 3, 2))
+    assert grown.config.stage_blocks == (1, 3, 2) and grown.training == training
+    assert count_parameters(grown) > count_parameters(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), grown(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_deepen_only_adds_blocks():
+    model = PoseNet(TINY)
+    with pytest.raises(ValueError, match="add blocks"):
+        deepen(model, (1, 1))
+    with pytest.raises(ValueError, match="add blocks"):
+        deepen(model, (1, 0, 2))

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from pipeline.config import CONFIG_DIR, ConfigError, load_config
-from pipeline.training import OptimConfig, TrainConfig, lr_factor, run_training, weighted_mse, write_trace
+from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
+from pipeline.model import PoseNet
+from pipeline.training import (OptimConfig, TrainConfig, initial_model, lr_factor, run_training, weighted_mse,
+                               write_trace)
 
 TINY_MODEL = ["model.input_size=96", "model.width=8", "model.stage_blocks=[1, 1]", "model.feature_channels=16",
               "model.head_channels=8", "model.head_convs=1"]
@@ -48,6 +51,18 @@ def test_init_checkpoint_must_match_the_model_section(tmp_path, random_checkpoin
         run_training(config)
     with pytest.raises(FileNotFoundError):
         run_training(load_config(TrainConfig, None, [f"run.init_checkpoint={tmp_path / 'missing.pt'}"]))
+
+
+def test_init_checkpoint_with_fewer_blocks_is_deepened(tmp_path):
+    small = load_config(TrainConfig, None, TINY_MODEL)
+    path = str(tmp_path / "small.pt")
+    save_checkpoint(PoseNet(small.model), path, checkpoint_metadata(small.model))
+    config = load_config(TrainConfig, None, TINY_MODEL + [f"run.init_checkpoint={path}", "model.stage_blocks=[2, 3]"])
+    model = initial_model(config)
+    assert model.config == config.model and model.training
+    deeper = load_config(TrainConfig, None, TINY_MODEL + [f"run.init_checkpoint={path}", "model.stage_blocks=[1]"])
+    with pytest.raises(ValueError, match="more stage_blocks"):
+        initial_model(deeper)
 
 
 def test_trace_files(tmp_path):
