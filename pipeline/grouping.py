@@ -145,10 +145,12 @@ def _assemble_people(
             & (total > config.min_limb_score)
         )  # (L, M, M)
 
-    members = np.full((0, num_keypoints), -1, dtype=np.int64)  # (P, K) peak slot per keypoint type, -1 = none
+    people: list[list[int] | None] = []  # per person, the peak slot of each keypoint type (-1: none); None: merged
+    owner: dict[tuple[int, int], int] = {}  # (keypoint type, peak slot) -> its person
     for limb, (ka, kb) in enumerate(SKELETON):
         for ia, ib in _match_greedily(total[limb], possible[limb]):
-            members = _add_limb(members, ka, int(ia), kb, int(ib))
+            _add_limb(people, owner, ka, int(ia), kb, int(ib))
+    members = np.array([p for p in people if p is not None], dtype=np.int64).reshape(-1, num_keypoints)  # (P, K)
 
     present = members >= 0  # (P, K)
     keypoints = peaks[np.arange(num_keypoints), np.maximum(members, 0)]  # (P, K, 3)
@@ -200,23 +202,35 @@ def _match_greedily(score: np.ndarray, possible: np.ndarray) -> list[tuple[int, 
     return matches
 
 
-def _add_limb(members: np.ndarray, ka: int, ia: int, kb: int, ib: int) -> np.ndarray:
-    """Add the limb (candidate ia of type ka, candidate ib of type kb) to the people (P, K); returns the people."""
-    holders = np.flatnonzero((members[:, ka] == ia) | (members[:, kb] == ib))
-    if len(holders) == 0:
-        person = np.full((1, members.shape[1]), -1, dtype=members.dtype)
-        person[0, ka], person[0, kb] = ia, ib
-        return np.concatenate([members, person])
-    if len(holders) == 1:
-        person = members[holders[0]]  # a view: edits land in members
+def _add_limb(people: list[list[int] | None], owner: dict[tuple[int, int], int], ka: int, ia: int, kb: int,
+              ib: int) -> None:
+    """Add the limb (candidate ia of type ka, candidate ib of type kb) to the people, in place.
+
+    Plain lists and a dict of owners: this runs for every limb of every frame, and numpy's per-call overhead on
+    arrays of a few people made it the largest cost of grouping on a CPU.
+    """
+    pa, pb = owner.get((ka, ia)), owner.get((kb, ib))
+    if pa is None and pb is None:  # a new person
+        person = [-1] * NUM_KEYPOINTS
+        person[ka], person[kb] = ia, ib
+        people.append(person)
+        owner[ka, ia] = owner[kb, ib] = len(people) - 1
+        return
+    if pa is None or pb is None or pa == pb:  # one person holds an end (or both)
+        index = pa if pa is not None else pb
+        person = people[index]
         if person[ka] in (-1, ia) and person[kb] in (-1, ib):
             person[ka], person[kb] = ia, ib
-        return members  # otherwise the limb contradicts this person's keypoints: drop it
-    first, second = holders  # one holds the start, the other the end (a candidate has one owner)
-    if np.any((members[first] >= 0) & (members[second] >= 0)):
-        return members  # both have a keypoint of some type: two people, not one
-    members[first] = np.maximum(members[first], members[second])
-    return np.delete(members, second, axis=0)
+            owner[ka, ia] = owner[kb, ib] = index
+        return  # otherwise the limb contradicts this person's keypoints: drop it
+    first, second = min(pa, pb), max(pa, pb)  # one holds the start, the other the end
+    if any(a >= 0 and b >= 0 for a, b in zip(people[first], people[second])):
+        return  # both have a keypoint of some type: two people, not one
+    for k, slot in enumerate(people[second]):
+        if slot >= 0:
+            people[first][k] = slot
+            owner[k, slot] = first
+    people[second] = None
 
 
 def _no_people(num_keypoints: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from pipeline.heatmaps import (
+    _max_3x3,
     box_maxima,
     decode_heatmaps,
     decode_heatmaps_torch,
@@ -153,3 +154,11 @@ def test_box_maxima_finds_the_peak_inside_each_box_only():
     np.testing.assert_allclose(out[1, 0, :2], [30.7, 20.2], atol=0.02)
     assert out[2, 0, 2] == pytest.approx(out[1, 0, 2] / 2, rel=1e-5)                  # the box's own image
     assert np.isnan(out[3, 0, :2]).all() and out[3, 0, 2] == 0                          # no pixel centre inside
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 1, 1, 4), (1, 2, 3, 1)])
+def test_max_3x3_is_max_pool(shape):
+    torch.manual_seed(0)
+    maps = torch.randn(shape)
+    torch.testing.assert_close(_max_3x3(maps), torch.nn.functional.max_pool2d(maps, 3, stride=1, padding=1),
+                               rtol=0, atol=0)
