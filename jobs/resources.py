@@ -1,0 +1,181 @@
+"""Memory and CPU of a Ray job's process tree, sampled while it runs: what `posepipe benchmark` reports per role.
+
+Roles come from Ray's process titles (`ray::MapWorker(MapBatches(PoseEstimator))`, `ray::IDLE`, ...): infer,
+decode, driver, and ray (Ray's node processes and idle workers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger("posepipe.benchmark")
+
+MB = 2**20
+
+PLASMA_USAGE = re.compile(r"Plasma memory usage (\d+) MiB")
+
+
+def object_store_mb() -> float | None:
+    """Bytes in Ray's object store now (plasma usage from the raylet), in MiB; None when Ray cannot say."""
+    try:
+        from ray._private.internal_api import memory_summary
+
+        import ray
+
+        address = ray.get_runtime_context().gcs_address  # explicit: other Ray instances may run on this machine
+        match = PLASMA_USAGE.search(memory_summary(address=address, stats_only=True))
+    except Exception as exc:  # a private API: never let its changes break a benchmark
+        logger.debug("memory summary unavailable: %s", exc)
+        return None
+    return float(match.group(1)) if match else None
+
+
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # node services with a worker-like title
+
+
+def process_role(cmdline: list[str]) -> str | None:
+    """Ray worker role from its process title (`ray::MapWorker(MapBatches(PoseEstimator))`, `ray::IDLE`, ...).
+
+    None for processes that are not Ray workers (raylet, GCS, dashboard, agents).
+    """
+    title = " ".join(cmdline)
+    if not title.startswith("ray::") or title.startswith(RAY_AGENTS):
+        return None
+    for role in ("FrameDecoder", "PoseEstimator", "IDLE"):
+        if role in title:
+            return role
+    return "other"
+
+
+def read_cpu_wait(pid: int) -> float | None:
+    """Seconds the threads of `pid` now alive have spent runnable but waiting for a CPU (Linux schedstat)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0.0
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+ROLES = {"PoseEstimator": "infer", "FrameDecoder": "decode", "driver": "driver", "IDLE": "ray", "other": "ray",
+         "node": "ray"}
+
+
+class ResourceSampler:
+    """Samples, in a thread, memory and CPU of the driver's whole process tree, and the object-store use.
+
+    Memory peaks: driver RSS, the sum over Ray workers at one instant, the largest single worker per role, the
+    object store. Worker RSS includes pages of the object store a worker has mapped (shared memory), as the OS
+    counts them; the private part (RSS less shared pages) is kept too, as the measure of memory that accumulates.
+
+    CPU per role (driver, decode, infer, ray = Ray's node processes and idle workers): CPU seconds (user + system,
+    all threads, ended ones included) from the first to the last sample of each process; a process that started
+    during the run counts from zero, so actor start-up (imports, model load) is in. CPU seconds per frame barely
+    depend on background load, so they compare configurations on a shared machine where wall-clock rates do not.
+    `wait_s` is the time live threads were runnable but waiting for a CPU (Linux schedstat; threads that ended
+    between samples are missed, so it is a lower bound): how much contention held the job back.
+    """
+
+    def __init__(self, interval_s: float = 0.25, store_interval_s: float = 1.0):
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval_s, self.store_interval_s = interval_s, store_interval_s
+        self.driver_mb = self.workers_mb = self.workers_anon_mb = 0.0
+        self.store_mb: float | None = None
+        self.role_mb: dict[str, float] = {}       # largest single process per role
+        self.role_sum_mb: dict[str, float] = {}   # largest sum over the role's processes at one instant
+        self.role_count: dict[str, int] = {}
+        self.job_mb = 0.0                         # driver + decode + inference actors at one instant (JSON only)
+        self.cpu: dict[int, tuple[str, tuple[float, float], tuple[float, float]]] = {}  # pid -> role, first, last
+        self._first_sample = True
+        self._last_store = -math.inf
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "ResourceSampler":
+        self.sample()
+        self._first_sample = False
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def _track_cpu(self, proc, role: str) -> None:
+        times = proc.cpu_times()
+        now = (times.user + times.system, read_cpu_wait(proc.pid) or 0.0)
+        if proc.pid in self.cpu:
+            first = self.cpu[proc.pid][1]
+        else:  # there before the run: count from now; started during it: count all of its life
+            first = now if self._first_sample else (0.0, 0.0)
+        self.cpu[proc.pid] = (role, first, now)
+
+    def sample(self) -> None:
+        import psutil
+
+        self.driver_mb = max(self.driver_mb, self.process.memory_info().rss / MB)
+        self._track_cpu(self.process, "driver")
+        total = anon = 0.0
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for child in self.process.children(recursive=True):
+            try:
+                role = process_role(child.cmdline())
+                info = child.memory_info() if role else None
+                self._track_cpu(child, role or "node")
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if info is not None:
+                total += info.rss / MB
+                anon += (info.rss - info.shared) / MB      # private memory: no libraries, no object-store pages
+                self.role_mb[role] = max(self.role_mb.get(role, 0.0), info.rss / MB)
+                sums[role] = sums.get(role, 0.0) + info.rss / MB
+                counts[role] = counts.get(role, 0) + 1
+        for role in sums:
+            self.role_sum_mb[role] = max(self.role_sum_mb.get(role, 0.0), sums[role])
+            self.role_count[role] = max(self.role_count.get(role, 0), counts[role])
+        driver_now = self.process.memory_info().rss / MB
+        self.job_mb = max(self.job_mb, driver_now + sums.get("FrameDecoder", 0.0) + sums.get("PoseEstimator", 0.0))
+        self.workers_mb = max(self.workers_mb, total)
+        self.workers_anon_mb = max(self.workers_anon_mb, anon)
+        if time.monotonic() - self._last_store >= self.store_interval_s:
+            self._last_store = time.monotonic()
+            used = object_store_mb()
+            if used is not None:
+                self.store_mb = max(self.store_mb or 0.0, used)
+
+    def cpu_seconds(self) -> dict[str, dict[str, float]]:
+        """Per role (driver, decode, infer, ray) and in all: CPU seconds, and seconds waiting for a CPU."""
+        out: dict[str, dict[str, float]] = {}
+        for role, (cpu0, wait0), (cpu1, wait1) in self.cpu.values():
+            for key in (ROLES[role], "all"):
+                entry = out.setdefault(key, {"cpu_s": 0.0, "wait_s": 0.0})
+                entry["cpu_s"] += cpu1 - cpu0
+                entry["wait_s"] += max(0.0, wait1 - wait0)
+        return out
+
+
+def format_cpu(cpu: dict[str, dict[str, float]], frames: int) -> str:
+    """`CPU ms/frame: infer 48, decode 3, driver 2, ray 4, all 57` for the note column."""
+    if not cpu or frames <= 0:
+        return ""
+    order = [k for k in ("infer", "decode", "driver", "ray", "all") if k in cpu]
+    return "CPU ms/frame: " + ", ".join(f"{k} {1e3 * cpu[k]['cpu_s'] / frames:.1f}" for k in order)
