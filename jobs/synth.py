@@ -1,12 +1,13 @@
 """Command line for the synthetic-people generator: COCO image sets, videos with ground truth, the sample archive.
 
-    python -m jobs.synth images --out DIR --num N --seed S [--size 256] [--background train]
+    python -m jobs.synth images --out DIR --num N --seed S [--size 256] [--background train] [--workers 8]
     python -m jobs.synth videos --out DIR --num N --seed S [--scenario cross] [--ext .mp4]
     python -m jobs.synth sample --out DIR [--seed 0] [--num 4]
 """
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     images.add_argument("--max-people", type=int, default=4)
     images.add_argument("--background", default=None, choices=backgrounds,
                         help="background split or style (default: all families)")
+    images.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes rendering images (default: one per CPU); the output does not depend on it")
 
     videos = sub.add_parser("videos", help="videos with a ground-truth JSON sidecar each")
     videos.add_argument("--out", required=True)
@@ -70,7 +73,8 @@ def _run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.command == "images":
         path = write_coco_dataset(args.out, args.num, args.seed, image_size=(args.size, args.size),
-                                  num_people=(args.min_people, args.max_people), background=args.background)
+                                  num_people=(args.min_people, args.max_people), background=args.background,
+                                  workers=args.workers)
         logger.info("annotations: %s (%.1f images/s)", path, args.num / (time.perf_counter() - start))
     elif args.command == "videos":
         for i in range(args.num):

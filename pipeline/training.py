@@ -58,6 +58,7 @@ class GenerateConfig(StrictModel):
 
     cache_dir: str = "/tmp/posepipe-synthetic"
     image_size: tuple[int, int] = (256, 256)  # (W, H) of generated images
+    workers: int | None = Field(None, ge=1)  # rendering processes; None: one per CPU (the images do not depend on it)
     train: SyntheticSplit = SyntheticSplit(num_images=2000, seed=1, options={"background": "train"})
     val: SyntheticSplit = SyntheticSplit(num_images=100, seed=100001, options={"background": "heldout"})
 
@@ -144,7 +145,7 @@ def generate_split(generate: GenerateConfig, split: SyntheticSplit) -> str:
         return out_dir
     start = time.monotonic()
     write_coco_dataset(out_dir, split.num_images, split.seed, image_size=tuple(generate.image_size),
-                       **split.options)
+                       workers=generate.workers or os.cpu_count() or 1, **split.options)
     logger.info("generated %d synthetic images into %s in %.0f s", split.num_images, out_dir,
                 time.monotonic() - start)
     return out_dir

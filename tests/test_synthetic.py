@@ -132,6 +132,16 @@ def test_coco_dataset_loads_and_is_consistent(tmp_path):
         assert 0 < ann["area"] <= w * h + 1 and ann["iscrowd"] == 0 and ann["category_id"] == 1
 
 
+def test_worker_processes_write_the_same_dataset(tmp_path):
+    options = dict(num_images=5, seed=11, image_size=(96, 96), num_people=(1, 2), person_height=(40, 80))
+    one = write_coco_dataset(tmp_path / "one", **options)
+    two = write_coco_dataset(tmp_path / "two", workers=2, **options)
+    assert one.read_text() == two.read_text()
+    for i in range(5):
+        name = f"images/{i:06d}.jpg"
+        assert (one.parent / name).read_bytes() == (two.parent / name).read_bytes(), name
+
+
 def test_small_people_get_no_keypoints(tmp_path):
     path = write_coco_dataset(tmp_path / "c", num_images=4, seed=5, image_size=(128, 128),
                               person_height=(40, 60), min_keypoint_area=32 ** 2)

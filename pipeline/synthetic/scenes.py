@@ -5,9 +5,13 @@ Sizes are (W, H) like OpenCV and the video writer; images are (H, W, 3) uint8 RG
 behind another person or an object), 0 outside the image (then x = y = 0).
 """
 
+import contextlib
+import functools
 import json
 import logging
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,12 +255,13 @@ def coco_annotation(ann_id: int, image_id: int, keypoints: np.ndarray, box: np.n
 def write_coco_dataset(
     out_dir: str | Path, num_images: int, seed: int, image_size: tuple[int, int] = (256, 256),
     num_people: int | tuple[int, int] = (1, 4), background: str | Sequence[str] | None = None,
-    min_keypoint_area: float = 32.0 ** 2, jpeg_quality: int = 92, **scene_kwargs,
+    min_keypoint_area: float = 32.0 ** 2, jpeg_quality: int = 92, workers: int = 1, **scene_kwargs,
 ) -> Path:
     """Render `num_images` scenes to out_dir/images/000000.jpg... and out_dir/annotations.json (COCO).
 
-    Image i depends only on (seed, i), so datasets with different seeds do not share images and any
-    image can be regenerated alone. Image ids are i + 1; annotation ids count from 1.
+    Image i depends only on (seed, i), so datasets with different seeds do not share images, any image can be
+    regenerated alone, and `workers` processes (spawned, each rendering a share of the images) write exactly what
+    one process writes. Image ids are i + 1; annotation ids count from 1.
     People whose silhouette area is below `min_keypoint_area` pixels keep their bbox and area but get
     no keypoints (num_keypoints 0), as in COCO where small people are not keypoint-annotated: COCOeval
     ignores them, and a trainer can mask their boxes out of the loss. 0 annotates everyone.
@@ -264,20 +269,25 @@ def write_coco_dataset(
     """
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    w, h = image_size
+    render = functools.partial(_write_image, out, seed, tuple(image_size), num_people, background, jpeg_quality,
+                               scene_kwargs)
     images, annotations = [], []
-    for i in range(num_images):
-        rng = np.random.default_rng([seed, i])
-        image, truth = render_scene_with_truth(rng, image_size, num_people, background, **scene_kwargs)
-        name = f"{i:06d}.jpg"
-        cv2.imwrite(str(out / "images" / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        images.append({"id": i + 1, "file_name": name, "width": w, "height": h, "background": truth.background})
-        for kp, box, area in zip(truth.keypoints, truth.boxes, truth.areas):
-            kp = kp if area >= min_keypoint_area else np.zeros_like(kp)
-            annotations.append(coco_annotation(len(annotations) + 1, i + 1, kp, box, area))
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and num_images > 1:  # spawned: no fork of a parent that may hold torch or Ray threads
+            pool = stack.enter_context(ProcessPoolExecutor(min(workers, num_images),
+                                                           mp_context=multiprocessing.get_context("spawn")))
+            rendered = pool.map(render, range(num_images), chunksize=max(1, num_images // (8 * workers)))
+        else:
+            rendered = map(render, range(num_images))
+        for image, people in rendered:
+            images.append(image)
+            for kp, box, area in people:
+                kp = kp if area >= min_keypoint_area else np.zeros_like(kp)
+                annotations.append(coco_annotation(len(annotations) + 1, image["id"], kp, box, area))
     doc = {
         "info": {"description": "posepipe synthetic people", "seed": seed, "background": background,
                  "min_keypoint_area": min_keypoint_area},
@@ -287,3 +297,16 @@ def write_coco_dataset(
     path.write_text(json.dumps(doc))
     logger.info("wrote %d images, %d people to %s", len(images), len(annotations), out)
     return path
+
+
+def _write_image(out: Path, seed: int, image_size: tuple[int, int], num_people, background, jpeg_quality: int,
+                 scene_kwargs: dict, i: int) -> tuple[dict, list[tuple[np.ndarray, np.ndarray, float]]]:
+    """Render and write image i of a dataset; returns its COCO image record and its people (keypoints, box, area)."""
+    rng = np.random.default_rng([seed, i])
+    image, truth = render_scene_with_truth(rng, image_size, num_people, background, **scene_kwargs)
+    name = f"{i:06d}.jpg"
+    cv2.imwrite(str(out / "images" / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    w, h = image_size
+    record = {"id": i + 1, "file_name": name, "width": w, "height": h, "background": truth.background}
+    return record, list(zip(truth.keypoints, truth.boxes, (float(a) for a in truth.areas)))
