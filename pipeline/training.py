@@ -70,7 +70,8 @@ class DataConfig(StrictModel):
     storage_options: dict[str, Any] = {}
     train_input_size: int | None = None  # None = model.input_size; smaller = random crops at inference scale
     targets: TargetConfig = TargetConfig()
-    loader_workers: int = Field(1, ge=0)  # DataLoader processes per training worker
+    loader_workers: int | None = Field(None, ge=0)  # DataLoader processes per training worker; None: the worker's
+    # CPUs (run.cpus_per_worker) less the one that trains, at least 1 (a GPU worker with 8 CPUs decodes on 7)
 
 
 class OptimConfig(StrictModel):
@@ -238,6 +239,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
     val_set = CocoKeypointDataset(config.data.val, config.model.input_size, None, config.data.targets, options,
                                   limit=config.eval.max_images)
     workers = config.data.loader_workers
+    if workers is None:
+        workers = max(1, int(config.run.cpus_per_worker) - 1)
     train_loader = ray.train.torch.prepare_data_loader(DataLoader(
         train_set, batch_size=config.optim.batch_size, shuffle=True, drop_last=len(train_set) > config.optim.batch_size,
         num_workers=workers, persistent_workers=workers > 0))
