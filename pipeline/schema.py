@@ -41,7 +41,8 @@ FRAMES_SCHEMA = pa.schema(
         pa.field("height", pa.int32(), nullable=False),
         pa.field("person_index", pa.int32(), nullable=False),  # order of the person within the frame (by score)
         pa.field("track_id", pa.int64(), nullable=False),      # stable within a video, 0-based; -1: not part of a
-                                                               # track (seen in < tracking.min_hits frames)
+                                                               # track (seen in < tracking.min_hits frames, or its
+                                                               # people's mean score < tracking.min_track_score)
         pa.field("person_score", pa.float32(), nullable=False),
         pa.field("bbox_x", pa.float32()),                      # box of found keypoints: left, top, width, height
         pa.field("bbox_y", pa.float32()),

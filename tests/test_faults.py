@@ -272,12 +272,13 @@ def write_good(root: Path) -> Path:
 
 # A random-weights network finds nobody at the default thresholds; these keep its weakest candidates (about three
 # people a frame, scores ~1e-4) so that the compared tables hold rows, and give each of them a track (its people
-# jump from frame to frame, so few tracks would reach the default min_hits). Its maps are nearly flat: blurred, or
-# searched for a missing keypoint's maximum, they turn the batch-dependent rounding (1e-5 px) into 1e-2 px moves
-# (measured), so the blur and the completion are off here; tests/test_grouping.py covers them.
+# jump from frame to frame, so few tracks would reach the default min_hits or min_track_score). Its maps are nearly
+# flat: blurred, or searched for a missing keypoint's maximum, they turn the batch-dependent rounding (1e-5 px) into
+# 1e-2 px moves (measured), so the blur and the completion are off here; tests/test_grouping.py covers them.
 PERMISSIVE = ("grouping.peak_threshold=0.0", "grouping.max_peaks=3", "grouping.min_aligned_fraction=0.0",
               "grouping.min_limb_score=-1.0", "grouping.min_keypoints=1", "grouping.min_person_score=0.0",
-              "grouping.heatmap_blur=0", "grouping.fill_margin=null", "tracking.min_hits=1")
+              "grouping.heatmap_blur=0", "grouping.fill_margin=null", "tracking.min_hits=1",
+              "tracking.min_track_score=0")
 
 
 def job_args(input_dir: Path, output: Path, checkpoint: str, *extra: str) -> list[str]:

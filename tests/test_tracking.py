@@ -17,6 +17,7 @@ from pipeline.tracking import (
     box_from_keypoints,
     confirm_tracks,
     oks_matrix,
+    person_scores,
     track_video,
 )
 
@@ -150,6 +151,26 @@ def test_confirm_tracks_drops_short_tracks_and_renumbers_in_creation_order():
     assert confirm_tracks([], 3) == [] and confirm_tracks([np.zeros(0, np.int64)], 3)[0].shape == (0,)
 
 
+def test_confirm_tracks_drops_tracks_of_weak_people():
+    online = [np.array([0, 1]), np.array([0, 1]), np.array([1, 0])]
+    scores = [np.array([0.8, 0.3]), np.array([0.9, 0.35]), np.array([0.4, 0.7])]  # track 1 averages 0.35
+    assert [f.tolist() for f in confirm_tracks(online, 3, scores, min_track_score=0.5)] == \
+        [[0, UNTRACKED], [0, UNTRACKED], [UNTRACKED, 0]]
+    assert [f.tolist() for f in confirm_tracks(online, 3, scores, min_track_score=0.0)] == [[0, 1], [0, 1], [1, 0]]
+    keypoints = np.array([[[1, 2, 0.8], [3, 4, 0.4], [np.nan, np.nan, 0.0]], [[0, 0, 0.0]] * 3])  # (2, 3, 3)
+    np.testing.assert_allclose(person_scores(keypoints), [0.6, 0.0])
+
+
+def test_track_video_untracks_a_steady_weak_detection():
+    weak = pose(np.array([600.0, 300.0]), 200)
+    weak[:, 2] = 0.3  # something the network half-sees in every frame, far from the person
+    frames = frames_of([[pose(np.array([200.0 + 5 * t, 300.0]), 200), weak] for t in range(6)])
+    assert ids_of(track_video(frames, TrackerConfig())) == [[0, UNTRACKED]] * 6
+    assert ids_of(track_video(frames, TrackerConfig(min_track_score=0))) == [[0, 1]] * 6
+    with pytest.raises(ValueError, match="min_track_score"):
+        TrackerConfig(min_track_score=1.5)
+
+
 def test_dissimilar_people_do_not_match():
     people = [[pose(np.array([100.0, 300.0]), 200)], [pose(np.array([800.0, 300.0]), 200)]]
     assert ids_of(track_video(frames_of(people), TrackerConfig(min_hits=1))) == [[0], [1]]
@@ -171,7 +192,7 @@ def test_person_without_keypoints_gets_a_one_frame_id():
     weak = pose(np.array([300.0, 300.0]), 200)
     weak[:, 2] = 0.05  # all below min_keypoint_score
     ids = ids_of(track_video(frames_of([[weak], [weak], [pose(np.array([300.0, 300.0]), 200)]]),
-                             TrackerConfig(min_hits=1)))
+                             TrackerConfig(min_hits=1, min_track_score=0)))
     assert ids == [[0], [1], [2]]
 
 
