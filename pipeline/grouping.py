@@ -41,7 +41,7 @@ _FILL_MIN_SCORE = 0.05  # a missing keypoint is filled only where its heatmap re
 class GroupingConfig:
     """Defaults tuned on the synthetic val split with models/posepipe-synthetic.pt: stage 2, OKS AP 0.091 -> 0.119
     (peak_threshold 0.1 -> 0.3, min_keypoints 3 -> 5); stage 3, heatmap_blur and fill_margin 0.134 -> 0.164;
-    stage 4, no change worth 0.002. Tune again on a val split for another checkpoint."""
+    stages 4 and 5, no change worth 0.002. Tune again on a val split for another checkpoint."""
 
     peak_threshold: float = 0.3  # heatmap value a keypoint candidate must exceed (targets peak at 1.0)
     heatmap_blur: float = 1.0  # std (heatmap px) of the Gaussian blur before peak finding (`smooth_heatmaps`); 0: off

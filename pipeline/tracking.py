@@ -64,7 +64,7 @@ class TrackerConfig:
     # (IDF1 -> 0.89, MOTA 0.75 -> 0.80 there); 1 = every track is confirmed at once, one assignment for all
     min_track_score: float = 0.5  # a confirmed track whose people's mean keypoint score is below this is untracked
     # too: on 28 crossing videos the default checkpoint's real tracks scored 0.70-0.90, the false ones it followed
-    # through a background pattern 0.30-0.36 (tuning set IDF1 0.884 -> 0.904); 0 keeps every confirmed track
+    # through a background pattern 0.30-0.36 (tuning set IDF1 0.884 -> 0.903); 0 keeps every confirmed track
     smoothing: bool = False  # One Euro filter on the keypoints of tracked people (output only, ids do not change)
     smoothing_min_cutoff: float = 1.0  # Hz; lower = smoother static keypoints, more lag at slow motion
     smoothing_beta: float = 0.05  # Hz per (px/s) of keypoint speed; higher = less lag on fast motion
