@@ -144,7 +144,8 @@ class ModelSettings(StrictModel):
     flip_test: bool = False                      # also run each frame mirrored and average (twice the model cost;
                                                  # more accurate keypoints, see models/posepipe-synthetic.md)
     workers: PositiveInt | None = None           # inference actors; None: one per GPU, else half the CPUs
-    threads: PositiveInt | None = None           # torch threads per CPU actor; None: the CPUs it reserved
+    threads: PositiveInt | None = None           # torch threads per CPU actor; None: an equal share of the
+                                                 # cluster's CPUs (decoders and the driver use few of theirs)
     cpus_per_worker: PositiveFloat = 1.0         # CPUs reserved by each inference actor
     memory_gb: PositiveFloat | None = None       # memory reserved per inference actor (Ray `memory`); None: nothing
 

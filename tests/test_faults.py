@@ -248,11 +248,11 @@ def test_decode_actors_share_the_cpus_inference_leaves_so_no_actor_waits():
 
 
 def test_pools_from_the_cluster_resources():
-    assert plan_pools(RunConfig(), cpus=2, gpus=0, memory=8 * 2**30) == Pools(1, 1, 1.0, 0.0, 1)
+    assert plan_pools(RunConfig(), cpus=2, gpus=0, memory=8 * 2**30) == Pools(1, 1, 1.0, 0.0, 2)  # all CPUs
     assert plan_pools(RunConfig(), cpus=16, gpus=0, memory=8 * 2**30) == Pools(4, 12, 1.0, 0.0, 1)
     assert plan_pools(RunConfig(), cpus=16, gpus=2, memory=8 * 2**30) == Pools(4, 2, 1.0, 1.0, None)
     two_decoders = RunConfig.model_validate({"decode": {"workers": 2}})
-    assert plan_pools(two_decoders, cpus=2, gpus=0, memory=8 * 2**30) == Pools(2, 1, 0.5, 0.0, 1)
+    assert plan_pools(two_decoders, cpus=2, gpus=0, memory=8 * 2**30) == Pools(2, 1, 0.5, 0.0, 2)
     on_cpu = RunConfig.model_validate({"model": {"device": "cpu", "threads": 2}})
     assert plan_pools(on_cpu, cpus=16, gpus=2, memory=8 * 2**30) == Pools(4, 12, 1.0, 0.0, 2)
 
