@@ -267,7 +267,7 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
     """
     import torch
 
-    from pipeline.inference import PoseEstimator
+    from pipeline.inference import PoseEstimator, run_network
     from pipeline.preprocess import normalize
 
     estimator = PoseEstimator(checkpoint, device=device, precision=precision, threads=threads)
@@ -283,13 +283,9 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
              "is_end": np.zeros(batch_size, bool), "num_frames": np.zeros(batch_size, np.int64),
              "error": np.full(batch_size, "", dtype=object)}
     x = normalize(torch.from_numpy(images).to(dev), estimator.mean, estimator.std)  # (B, 3, S, S)
-    x = x.contiguous(memory_format=torch.channels_last)                             # as `predict` feeds it
-    autocast = (torch.autocast(dev.type, dtype=estimator.autocast) if estimator.autocast
-                else contextlib.nullcontext())                                # as `predict` runs it
 
     def forward() -> None:
-        with torch.inference_mode(), autocast:
-            estimator.model(x)                                                  # (B, K, h, w), (B, 2L, h, w)
+        run_network(estimator.model, x, estimator.autocast, estimator.flip_test)  # as `predict` runs it
 
     steps = {"forward": forward, "call": lambda: estimator(batch)}
     for _ in range(3 if compile_model else 2):  # warm-up: allocator, oneDNN/cudnn kernels, compilation

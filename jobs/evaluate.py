@@ -21,10 +21,11 @@ import yaml
 from torch.utils.data import DataLoader
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.config import ModelSettings
 from pipeline.dataset import CocoKeypointDataset, read_coco
 from pipeline.grouping import GroupingConfig
+from pipeline.inference import autocast_dtype, prepare_model, run_network
 from pipeline.metrics import evaluate_results, predict_coco_results
-from pipeline.model import forward_flip_averaged
 from pipeline.storage import resolve
 
 logger = logging.getLogger("posepipe.evaluate")
@@ -32,19 +33,20 @@ logger = logging.getLogger("posepipe.evaluate")
 
 def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: int | None = None,
                        grouping: GroupingConfig | None = None, device: str = "cpu",
-                       storage_options: dict | None = None, flip_test: bool = False) -> tuple[dict, list[dict]]:
-    """Run a checkpoint over a COCO set; returns (ground truth of the images used, COCO keypoint results)."""
+                       storage_options: dict | None = None, flip_test: bool = False,
+                       precision: str = "fp32") -> tuple[dict, list[dict]]:
+    """Run a checkpoint over a COCO set as `posepipe run` runs it (folded BatchNorm, channels_last, `precision`);
+    returns (ground truth of the images used, COCO keypoint results)."""
     model, meta = load_checkpoint(checkpoint, map_location=device, storage_options=storage_options)
+    model, dtype = prepare_model(model), autocast_dtype(precision, torch.device(device))
     grouping = grouping or GroupingConfig()  # what `posepipe run` groups with unless its config says otherwise
     dataset = CocoKeypointDataset(data, int(meta["input_size"]), None, storage_options=storage_options, limit=limit)
     results: list[dict] = []
-    with torch.inference_mode():
-        for batch in DataLoader(dataset, batch_size=batch_size, num_workers=1):
-            images = batch["image"].to(device)
-            # (B, K, h, w), (B, 2L, h, w)
-            heatmaps, pafs = forward_flip_averaged(model, images) if flip_test else model(images)
-            for image_results in predict_coco_results(heatmaps, pafs, batch, grouping).values():
-                results.extend(image_results)
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=1):
+        # (B, K, h, w), (B, 2L, h, w)
+        heatmaps, pafs = run_network(model, batch["image"].to(device), dtype, flip_test)
+        for image_results in predict_coco_results(heatmaps, pafs, batch, grouping).values():
+            results.extend(image_results)
     return dataset.ground_truth(), results
 
 
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="torch device for the network (cpu, cuda, cuda:1)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--precision", default=ModelSettings().precision, choices=["fp32", "bf16", "fp16", "auto"],
+                        help="autocast of the network, as model.precision in a run (default: the run's default)")
     parser.add_argument("--pck-threshold", type=float, default=0.2, help="PCK distance, fraction of bbox size")
     parser.add_argument("--grouping", action="append", default=[], metavar="KEY=VALUE",
                         help="GroupingConfig field, as a run config's grouping section sets it, e.g. "
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             grouping = GroupingConfig(**{key: yaml.safe_load(value) for key, _, value in
                                          (item.partition("=") for item in args.grouping)})
             gt, results = predict_checkpoint(args.checkpoint, args.data, args.batch_size, args.limit, grouping,
-                                             device=args.device, storage_options=options, flip_test=args.flip_test)
+                                             device=args.device, storage_options=options, flip_test=args.flip_test,
+                                             precision=args.precision)
         else:
             gt, _ = read_coco(args.data, options)
             fs, path = resolve(args.results, options)

@@ -77,3 +77,17 @@ def test_bad_inputs_exit_2_with_a_message(coco_set, tmp_path, capsys):
     (tmp_path / "r.json").write_text("{}")
     assert main(["--results", str(tmp_path / "r.json"), "--data", coco_set]) == 2
     assert "JSON list" in capsys.readouterr().err
+
+
+def test_precision_runs_the_network_as_a_run_does(coco_set):
+    """`--precision bf16` autocasts the trained net: its keypoints move by rounding, not by more."""
+    from jobs.evaluate import predict_checkpoint
+
+    scored = {}
+    for precision in ("fp32", "bf16"):
+        gt, results = predict_checkpoint("models/posepipe-synthetic.pt", coco_set, precision=precision)
+        scored[precision] = results
+    fp32, bf16 = (np.array([r["keypoints"] for r in scored[p]]) for p in ("fp32", "bf16"))
+    assert len(fp32) > 0 and fp32.shape == bf16.shape
+    moved = np.abs(fp32 - bf16).reshape(len(fp32), -1, 3)[..., :2]
+    assert 0 < np.median(moved) < 0.5  # bf16 really ran, and only rounding changed
