@@ -313,7 +313,9 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
                 phase["seconds"] += elapsed
                 phase["best"] = min(phase["best"], elapsed)
                 phase["cpu_s"] += time.process_time() - cpu
-    return {**phases, "gpu_util": utilisation.get("mean"), "device": str(dev), "threads": torch.get_num_threads()}
+    dtype = str(estimator.autocast or torch.float32).removeprefix("torch.")  # what `precision` resolved to here
+    return {**phases, "gpu_util": utilisation.get("mean"), "device": str(dev), "threads": torch.get_num_threads(),
+            "dtype": dtype}
 
 
 @contextlib.contextmanager
@@ -358,7 +360,7 @@ def video_frames(path: Path, size: int, count: int) -> np.ndarray:
 
 
 def raw_model_rates(checkpoint: str, batch_size: int, workers: int, threads: int | None, device: str = "auto",
-                    precision: str = "fp32", compile_model: bool = False, min_seconds: float = 5.0,
+                    precision: str = "auto", compile_model: bool = False, min_seconds: float = 5.0,
                     frames: np.ndarray | None = None) -> tuple[Measurement, Measurement]:
     """(forward only, whole actor call) frames/s of `workers` inference processes running side by side.
 
@@ -368,10 +370,10 @@ def raw_model_rates(checkpoint: str, batch_size: int, workers: int, threads: int
     args = [(checkpoint, batch_size, device, precision, threads, compile_model, min_seconds, seed, frames)
             for seed in range(workers)]
     results = run_workers(model_worker, args)
-    dev, thr = results[0]["device"], results[0]["threads"]
+    dev, thr, dtype = results[0]["device"], results[0]["threads"], results[0]["dtype"]
     source = "video" if frames is not None else "random"
-    config = (f"{workers} proc x {thr} thr, B={batch_size}, {dev}, {source} input"
-              f"{', ' + precision if dev.startswith('cuda') else ''}{', compiled' if compile_model else ''}")
+    config = (f"{workers} proc x {thr} thr, B={batch_size}, {dev} {dtype}, {source} input"
+              f"{', compiled' if compile_model else ''}")
     rows = []
     for phase, name in (("forward", "raw model fwd"), ("call", "raw model")):
         rate = sum(r[phase]["frames"] / r[phase]["seconds"] for r in results)
@@ -609,6 +611,8 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from pipeline.config import ModelSettings  # imports torch, which the driver otherwise loads only when it runs
+
     p = argparse.ArgumentParser(prog="posepipe benchmark", description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=20, help="videos in the benchmark archive (default 20)")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each video, seconds at 30 fps (default 2)")
@@ -618,7 +622,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16, model.batch_size)")
     p.add_argument("--batch-sizes", type=parse_int_list, help="also measure the raw model at these batch sizes")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on cuda")
+    p.add_argument("--precision", default=ModelSettings().precision, choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast of the network, as model.precision (default: the run's default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in the raw model measurement")
     p.add_argument("--decode-workers", type=parse_int_list, default=[1, 2],
                    help="decode actors of the scaling runs (default 1,2)")

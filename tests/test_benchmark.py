@@ -44,13 +44,13 @@ def test_raw_model_rates_time_forward_and_whole_call_on_video_frames(tiny_checkp
     frames = video_frames(archive_videos(benchmark_archive(cache, 2, 0.3, 96, 64))[0], size=64, count=3)
     assert frames.shape == (3, 64, 64, 3) and frames.dtype.name == "uint8" and frames.any()
     forward, call = raw_model_rates(tiny_checkpoint, batch_size=2, workers=1, threads=1, device="cpu",
-                                    min_seconds=0.05, frames=frames)
+                                    precision="fp32", min_seconds=0.05, frames=frames)
     assert (forward.measurement, call.measurement) == ("raw model fwd", "raw model")
     for row in (forward, call):
         assert row.frames >= 6 and row.frames % 2 == 0 and row.frames_per_s > 0
         assert row.extra["best_frames_per_s"] >= row.frames_per_s * 0.999
         assert row.extra["cpu_ms_per_frame"] > 0
-        assert "1 proc x 1 thr, B=2, cpu, video input" in row.config
+        assert "1 proc x 1 thr, B=2, cpu float32, video input" in row.config  # the dtype the actor ran
 
 
 def test_summary_ratios_and_markdown_table():
