@@ -80,13 +80,12 @@ def test_bad_inputs_exit_2_with_a_message(coco_set, tmp_path, capsys):
 
 
 def test_precision_runs_the_network_as_a_run_does(coco_set):
-    """`--precision bf16` autocasts the trained net: its keypoints move by rounding, not by more."""
+    """`--precision bf16` autocasts the trained net: most keypoints move by rounding only (a few jump where a
+    near-tie between two peaks breaks the other way; jobs.evaluate on the test split scores both alike)."""
     from jobs.evaluate import predict_checkpoint
 
-    scored = {}
-    for precision in ("fp32", "bf16"):
-        gt, results = predict_checkpoint("models/posepipe-synthetic.pt", coco_set, precision=precision)
-        scored[precision] = results
+    scored = {precision: predict_checkpoint("models/posepipe-synthetic.pt", coco_set, precision=precision)[1]
+              for precision in ("fp32", "bf16")}
     fp32, bf16 = (np.array([r["keypoints"] for r in scored[p]]) for p in ("fp32", "bf16"))
     assert len(fp32) > 0 and fp32.shape == bf16.shape
     moved = np.abs(fp32 - bf16).reshape(len(fp32), -1, 3)[..., :2]

@@ -277,10 +277,10 @@ def write_good(root: Path) -> Path:
 # 1e-2 px moves (measured), so the blur and the completion are off here; tests/test_grouping.py covers them. The
 # network runs in fp32 for the same reason: bf16 (what precision auto takes on GPUs and AVX512-BF16 CPUs) rounds
 # to 3 significant digits, so a batch of another composition may move a flat map's peak by far more than 1e-3 px.
-PERMISSIVE = ("model.precision=fp32", "grouping.peak_threshold=0.0", "grouping.max_peaks=3", "grouping.min_aligned_fraction=0.0",
-              "grouping.min_limb_score=-1.0", "grouping.min_keypoints=1", "grouping.min_person_score=0.0",
-              "grouping.heatmap_blur=0", "grouping.fill_margin=null", "tracking.min_hits=1",
-              "tracking.min_track_score=0")
+PERMISSIVE = ("model.precision=fp32", "grouping.peak_threshold=0.0", "grouping.max_peaks=3",
+              "grouping.min_aligned_fraction=0.0", "grouping.min_limb_score=-1.0", "grouping.min_keypoints=1",
+              "grouping.min_person_score=0.0", "grouping.heatmap_blur=0", "grouping.fill_margin=null",
+              "tracking.min_hits=1", "tracking.min_track_score=0")
 
 
 def job_args(input_dir: Path, output: Path, checkpoint: str, *extra: str) -> list[str]:
