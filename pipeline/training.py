@@ -100,7 +100,8 @@ class EvalConfig(StrictModel):
 class RunConfig(StrictModel):
     output: str = "runs/posepipe"  # local path or fsspec URI for checkpoints and traces
     export: str | None = None  # copy best.pt here at the end (traces beside it as <stem>-trace.*)
-    export_half: bool = False  # store the exported weights as fp16: half the file, outputs within ~1e-3
+    export_weights: Literal["float32", "float16", "int8"] = "float32"  # storage of the exported weights:
+    # float16 is half the file, int8 a quarter (per-channel scales; pipeline/checkpoint.py save_checkpoint)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -187,7 +188,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     trainer.fit()
     if config.run.export:
         export_run(resolved.run.output, config.run.export, resolved.data.storage_options,
-                   half=config.run.export_half)
+                   weights=config.run.export_weights)
     fs, path = resolve(join(resolved.run.output, "trace.json"), resolved.data.storage_options)
     return json.loads(fs.cat_file(path))[-1]
 
@@ -198,21 +199,23 @@ def absolute(uri: str) -> str:
 
 
 def export_run(output: str, export: str, storage_options: dict | None = None, checkpoint: str = "best.pt",
-               half: bool = False) -> None:
+               weights: str = "float32") -> None:
     """Copy a run's `checkpoint` (best.pt: best held-out AP of an epoch; last.pt: the last epoch) to `export` and the
-    trace files beside it as <stem>-trace.{csv,json,png}; `half` stores the weights as fp16 (`save_checkpoint`)."""
+    trace files beside it as <stem>-trace.{csv,json,png}; `weights` float16 or int8 stores the weights smaller
+    (`save_checkpoint`)."""
     if checkpoint not in ("best.pt", "last.pt"):
         raise ValueError(f"expected checkpoint 'best.pt' or 'last.pt', got {checkpoint!r}")
     stem = export[:-3] if export.endswith(".pt") else export
-    if half:
+    rewrite = weights != "float32"
+    if rewrite:
         model, metadata = load_checkpoint(join(output, checkpoint), storage_options=storage_options)
-        save_checkpoint(model, export, metadata, storage_options, half=True)
+        save_checkpoint(model, export, metadata, storage_options, weights=weights)
     copies = [(name, f"{stem}-{name}") for name in ("trace.csv", "trace.json", "trace.png")]
-    for src, dst in ([] if half else [(checkpoint, export)]) + copies:
+    for src, dst in ([] if rewrite else [(checkpoint, export)]) + copies:
         src_fs, src_path = resolve(join(output, src), storage_options)
         dst_fs, dst_path = resolve(dst, storage_options)
         write_bytes_atomic(dst_fs, dst_path, src_fs.cat_file(src_path))
-    logger.info("exported %s/%s to %s%s", output, checkpoint, export, " (fp16 weights)" * half)
+    logger.info("exported %s/%s to %s (%s weights)", output, checkpoint, export, weights)
 
 
 # ----------------------------------------------------------------------------------------------------- worker

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from pipeline.config import CONFIG_DIR, ConfigError, load_config
-from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
+from pipeline.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 from pipeline.model import PoseNet
-from pipeline.training import (OptimConfig, TrainConfig, initial_model, lr_factor, run_training, weighted_mse,
-                               write_trace)
+from pipeline.training import (OptimConfig, TrainConfig, export_run, initial_model, lr_factor, run_training,
+                               weighted_mse, write_trace)
 
 TINY_MODEL = ["model.input_size=96", "model.width=8", "model.stage_blocks=[1, 1]", "model.feature_channels=16",
               "model.head_channels=8", "model.head_convs=1"]
@@ -65,14 +65,32 @@ def test_init_checkpoint_with_fewer_blocks_is_deepened(tmp_path):
         initial_model(deeper)
 
 
+def trace_rows(epochs) -> list[dict]:
+    return [{"epoch": e, "loss": 1.0 / e, "val_loss": 1.2 / e, "PCK": 0.1 * e, "AP": 0.05 * e, "AP50": 0.1,
+             "AP75": 0.0, "AR": 0.1, "lr": 1e-3, "epoch_s": 2.0} for e in epochs]
+
+
 def test_trace_files(tmp_path):
-    trace = [{"epoch": e, "loss": 1.0 / e, "val_loss": 1.2 / e, "PCK": 0.1 * e, "AP": 0.05 * e, "AP50": 0.1,
-              "AP75": 0.0, "AR": 0.1, "lr": 1e-3, "epoch_s": 2.0} for e in (1, 2, 3)]
+    trace = trace_rows((1, 2, 3))
     write_trace(trace, str(tmp_path / "run"))
     lines = (tmp_path / "run" / "trace.csv").read_text().splitlines()
     assert lines[0].split(",")[:5] == ["epoch", "loss", "val_loss", "PCK", "AP"] and len(lines) == 4
     assert json.loads((tmp_path / "run" / "trace.json").read_text()) == trace
     assert (tmp_path / "run" / "trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("weights", ["float32", "int8"])
+def test_export_copies_the_checkpoint_and_its_trace(tmp_path, weights):
+    config = load_config(TrainConfig, None, TINY_MODEL + ["model.width=32"])  # convs large enough for int8
+    run = tmp_path / "run"
+    save_checkpoint(PoseNet(config.model), str(run / "last.pt"), checkpoint_metadata(config.model, epoch=7))
+    write_trace(trace_rows([7]), str(run))
+    export_run(str(run), str(tmp_path / "out" / "model.pt"), checkpoint="last.pt", weights=weights)
+    model, meta = load_checkpoint(str(tmp_path / "out" / "model.pt"))
+    assert meta["epoch"] == 7 and meta["weights_dtype"] == weights and model.config == config.model
+    assert json.loads((tmp_path / "out" / "model-trace.json").read_text()) == trace_rows([7])
+    sizes = [path.stat().st_size for path in (run / "last.pt", tmp_path / "out" / "model.pt")]
+    assert sizes[1] == sizes[0] if weights == "float32" else sizes[1] < 0.4 * sizes[0]
 
 
 @pytest.mark.slow
