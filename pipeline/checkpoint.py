@@ -1,8 +1,9 @@
 """Model checkpoints: one file holding the weights and everything inference needs to rebuild and feed the model.
 
 A checkpoint is `torch.save({"state_dict": ..., "metadata": ...})` at any fsspec URI (local path, file://, s3://,
-memory://), plus "weight_scales" when its large conv weights are stored as int8. Writes are atomic (see `pipeline.storage.write_bytes_atomic`) so a reader never loads half a file, and
-loads use `weights_only=True`, so a checkpoint cannot run code. The metadata is plain JSON-like data:
+memory://), plus "weight_scales" when its large conv weights are stored as int8. Writes are atomic (see
+`pipeline.storage.write_bytes_atomic`) so a reader never loads half a file, and loads use `weights_only=True`, so a
+checkpoint cannot run code. The metadata is plain JSON-like data:
 
     model           ModelConfig.to_dict(), enough to rebuild PoseNet
     keypoint_names  COCO-17 order the heads were trained in
