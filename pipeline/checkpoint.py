@@ -27,7 +27,7 @@ import io
 import json
 import logging
 import pickle
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -39,7 +39,8 @@ from pipeline.storage import resolve, write_bytes_atomic
 logger = logging.getLogger(__name__)
 
 REQUIRED_METADATA = ("model", "keypoint_names", "skeleton", "input_size", "mean", "std", "heads")
-WEIGHT_DTYPES = ("float32", "float16", "int8")  # storage of a checkpoint's weights; `save_checkpoint(weights=...)`
+WeightsDtype = Literal["float32", "float16", "int8"]  # storage of a checkpoint's weights (`save_checkpoint`)
+WEIGHT_DTYPES = get_args(WeightsDtype)
 
 
 class CheckpointError(RuntimeError):
@@ -70,7 +71,7 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(model: PoseNet, uri: str, metadata: dict, storage_options: dict | None = None,
-                    weights: str = "float32") -> None:
+                    weights: WeightsDtype = "float32") -> None:
     """Write weights + metadata to `uri` atomically; metadata["weights_dtype"] records how the weights are stored.
 
     `weights` is one of `WEIGHT_DTYPES`: float32 as trained; float16 for half the file (outputs move by about 1e-3 of

@@ -32,8 +32,8 @@ import torch
 from pydantic import Field
 from torch.utils.data import DataLoader
 
-from pipeline.checkpoint import (checkpoint_metadata, load_checkpoint, load_training_state, save_checkpoint,
-                                 save_training_state, unwrap_model)
+from pipeline.checkpoint import (WeightsDtype, checkpoint_metadata, load_checkpoint, load_training_state,
+                                 save_checkpoint, save_training_state, unwrap_model)
 from pipeline.config import StrictModel, config_hash
 from pipeline.dataset import AugmentConfig, CocoKeypointDataset, TargetConfig
 from pipeline.grouping import GroupingConfig
@@ -100,7 +100,7 @@ class EvalConfig(StrictModel):
 class RunConfig(StrictModel):
     output: str = "runs/posepipe"  # local path or fsspec URI for checkpoints and traces
     export: str | None = None  # copy best.pt here at the end (traces beside it as <stem>-trace.*)
-    export_weights: Literal["float32", "float16", "int8"] = "float32"  # storage of the exported weights:
+    export_weights: WeightsDtype = "float32"  # storage of the exported weights:
     # float16 is half the file, int8 a quarter (per-channel scales; pipeline/checkpoint.py save_checkpoint)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
@@ -199,7 +199,7 @@ def absolute(uri: str) -> str:
 
 
 def export_run(output: str, export: str, storage_options: dict | None = None, checkpoint: str = "best.pt",
-               weights: str = "float32") -> None:
+               weights: WeightsDtype = "float32") -> None:
     """Copy a run's `checkpoint` (best.pt: best held-out AP of an epoch; last.pt: the last epoch) to `export` and the
     trace files beside it as <stem>-trace.{csv,json,png}; `weights` float16 or int8 stores the weights smaller
     (`save_checkpoint`)."""
