@@ -1,4 +1,7 @@
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +77,8 @@ def test_flip_test_predictions_are_mirror_symmetric():
     order, order_m = np.argsort(np.nanmean(kp[..., 0], 1)), np.argsort(np.nanmean(kp_m[..., 0], 1))
     same = np.all(np.abs(kp[order] - kp_m[order_m]) < 1e-2, axis=-1)  # (P, K)
     assert same.mean() >= 0.9, f"{(~same).sum()} of {same.size} keypoints differ between the frame and its mirror"
+
+
 def test_auto_precision_takes_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, caplog):
     cpu = torch.device("cpu")
     assert isinstance(inference.cpu_has_native_bf16(), bool)
@@ -87,3 +92,35 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_runs_it_natively(monkeypat
     assert autocast_dtype("auto", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="precision"):
         autocast_dtype("int8", cpu)
+
+
+PAGE_FAULTS_PER_FORWARD = """
+import resource, sys, torch
+from pipeline.inference import keep_freed_memory, prepare_model
+from pipeline.model import ModelConfig, PoseNet
+if sys.argv[1] == "keep" and not keep_freed_memory():
+    sys.exit(3)
+torch.set_num_threads(1)
+model, x = prepare_model(PoseNet(ModelConfig())), torch.randn(8, 3, 256, 256)
+with torch.inference_mode():
+    for _ in range(2):
+        model(x)                                               # the first batches fault the working set in
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        model(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-fault counts and mallopt are glibc/Linux")
+def test_keep_freed_memory_stops_each_batch_from_faulting_its_activations_in_again():
+    def faults(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", PAGE_FAULTS_PER_FORWARD, mode], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+        if out.returncode == 3:
+            pytest.skip("this C library has no mallopt")
+        assert out.returncode == 0, out.stderr
+        return float(out.stdout.split()[-1])
+
+    kept, default = faults("keep"), faults("default")
+    assert kept * 20 < default, f"page faults per forward: {kept:.0f} kept, {default:.0f} by default"
