@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jobs.resources import ResourceSampler, format_cpu
+from jobs.resources import ResourceSampler, format_cpu, wait_for_actors_to_exit
 
 logger = logging.getLogger("posepipe.benchmark")
 
@@ -416,6 +416,7 @@ def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", co
         config = load_run_config(parse_args(args))
         init_ray(config)
         pools = pool_sizes(config)
+        wait_for_actors_to_exit()  # the previous run's actors, still exiting, would count in this run's memory
         with ResourceSampler() as sampler:
             summary = run(config)
     finally:

@@ -97,3 +97,23 @@ def test_main_writes_the_table_with_every_row(ray_local, tiny_checkpoint, cache,
     assert result["context"]["machine"]["cpus"] >= 1
     assert "| pipeline |" in out.with_suffix(".md").read_text()
     assert ray_local.is_initialized()                                # the benchmark leaves a Ray it did not start
+
+
+def test_runs_wait_for_the_actors_of_the_previous_run_to_exit():
+    import subprocess
+    import time
+
+    from jobs.resources import wait_for_actors_to_exit
+
+    title = "ray::MapWorker(MapBatches(PoseEstimator))"       # the process title Ray gives an inference actor
+    actor = subprocess.Popen(["bash", "-c", f"exec -a '{title}' sleep 1.5"])
+    try:
+        time.sleep(0.2)
+        assert not wait_for_actors_to_exit(timeout_s=0.2)       # still alive: the caller is told
+        assert wait_for_actors_to_exit(roles=("FrameDecoder",), timeout_s=0.2)  # other roles do not count
+        started = time.monotonic()
+        assert wait_for_actors_to_exit(timeout_s=10)
+        assert actor.poll() is not None and time.monotonic() - started < 10
+    finally:
+        actor.kill()
+        actor.wait()
