@@ -24,7 +24,7 @@ from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.config import ModelSettings
 from pipeline.dataset import CocoKeypointDataset, read_coco
 from pipeline.grouping import GroupingConfig
-from pipeline.inference import autocast_dtype, prepare_model, run_network
+from pipeline.inference import autocast_dtype, keep_freed_memory, prepare_model, run_network
 from pipeline.metrics import evaluate_results, predict_coco_results
 from pipeline.storage import resolve
 
@@ -34,9 +34,11 @@ logger = logging.getLogger("posepipe.evaluate")
 def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: int | None = None,
                        grouping: GroupingConfig | None = None, device: str = "cpu",
                        storage_options: dict | None = None, flip_test: bool = False,
-                       precision: str = "fp32") -> tuple[dict, list[dict]]:
-    """Run a checkpoint over a COCO set as `posepipe run` runs it (folded BatchNorm, channels_last, `precision`);
-    returns (ground truth of the images used, COCO keypoint results)."""
+                       precision: str = ModelSettings().precision) -> tuple[dict, list[dict]]:
+    """Run a checkpoint over a COCO set as `posepipe run` runs it (folded BatchNorm, channels_last, `precision`,
+    by default the run's); returns (ground truth of the images used, COCO keypoint results)."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     model, meta = load_checkpoint(checkpoint, map_location=device, storage_options=storage_options)
     model, dtype = prepare_model(model), autocast_dtype(precision, torch.device(device))
     grouping = grouping or GroupingConfig()  # what `posepipe run` groups with unless its config says otherwise
