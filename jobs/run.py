@@ -43,6 +43,7 @@ class RunSummary:
     tracks: int = 0
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (uri, error)
+    finished: list[tuple[float, int]] = field(default_factory=list)  # (seconds since the start, frames) per video
 
     @property
     def status(self) -> str:
@@ -287,6 +288,7 @@ def run(config: RunConfig) -> RunSummary:
             summary.videos_ok += 1
         manifest.remove(manifest.record(ref, outputs_key, written, failed=bool(video.error), run_id=run_id))
         manifest.maybe_save()
+        summary.finished.append((time.perf_counter() - t0, len(frames)))
 
     if refs:
         init_ray(config)

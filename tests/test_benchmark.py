@@ -8,7 +8,7 @@ import json
 import pytest
 
 from jobs.benchmark import (COLUMNS, Measurement, archive_videos, benchmark_archive, main, markdown_table,
-                            parse_args, raw_decode_rate, raw_model_rates, summarize, video_frames)
+                            parse_args, raw_decode_rate, raw_model_rates, steady_rate, summarize, video_frames)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,10 @@ def test_raw_model_rates_time_forward_and_whole_call_on_video_frames(tiny_checkp
 def test_summary_ratios_and_markdown_table():
     rows = [Measurement("raw decode", "", 300, 1.0), Measurement("raw model", "", 50, 1.0),
             Measurement("pipeline 1 video", "", 20, 5.0, 100.0, 400.0),
-            Measurement("pipeline", "x, 20 videos", 420, 13.0, 110.0, 430.0)]
+            Measurement("pipeline", "x, 20 videos", 420, 13.0, 110.0, 430.0,
+                        extra={"steady_frames_per_s": 45.0})]
     summary = summarize(rows)
+    assert summary["ratio_steady"] == pytest.approx(0.9)
     assert summary["raw_bound_frames_per_s"] == 50
     assert summary["ratio_wall"] == pytest.approx(420 / 13 / 50)
     assert summary["pipeline_marginal_frames_per_s"] == pytest.approx(400 / 8)   # (420 - 20) / (13 - 5)
@@ -66,6 +68,12 @@ def test_summary_ratios_and_markdown_table():
     lines = markdown_table(rows).splitlines()
     assert lines[0] == "| " + " | ".join(COLUMNS) + " |" and len(lines) == 2 + len(rows)
     assert lines[-1].startswith("| pipeline | x, 20 videos | 420 | 13.0 | 32.3 | 110.0 | 430.0 | - |")
+
+
+def test_steady_rate_counts_from_the_first_video_finished_to_the_last():
+    finished = [(6.0, 60), (4.0, 60), (5.0, 30), (8.0, 90)]      # (seconds since the start, frames), any order
+    assert steady_rate(finished) == pytest.approx((30 + 60 + 90) / (8.0 - 4.0))  # the first video's frames: before
+    assert steady_rate(finished[:2]) is None and steady_rate([(1.0, 5)] * 3) is None
 
 
 def test_bad_options_are_refused_with_the_expected_form(capsys):
@@ -80,7 +88,7 @@ def test_bad_options_are_refused_with_the_expected_form(capsys):
 @pytest.mark.slow
 def test_main_writes_the_table_with_every_row(ray_local, tiny_checkpoint, cache, tmp_path):
     out = tmp_path / "result"
-    code = main(["--videos", "2", "--seconds", "0.2", "--size", "96x64", "--checkpoint", tiny_checkpoint,
+    code = main(["--videos", "3", "--seconds", "0.2", "--size", "96x64", "--checkpoint", tiny_checkpoint,
                  "--batch-size", "4", "--device", "cpu", "--decode-workers", "1", "--model-seconds", "0.05",
                  "--skip", "memory", "--cache-dir", str(cache), "--out", str(out)])
     assert code == 0
@@ -89,11 +97,11 @@ def test_main_writes_the_table_with_every_row(ray_local, tiny_checkpoint, cache,
     assert names == ["raw decode", "raw model fwd", "raw model", "pipeline 1 video", "pipeline"]
     assert all(list(row)[:len(COLUMNS)] == list(COLUMNS) for row in result["rows"])
     frames = {row["measurement"]: row["frames"] for row in result["rows"]}
-    assert frames["raw decode"] == frames["pipeline"] == 2 * 6 and frames["pipeline 1 video"] == 6
+    assert frames["raw decode"] == frames["pipeline"] == 3 * 6 and frames["pipeline 1 video"] == 6
     pipeline = result["rows"][-1]
     assert pipeline["driver_rss_mb"] > 0 and pipeline["workers_rss_mb"] > 0
     assert {"FrameDecoder", "PoseEstimator"} <= set(pipeline["extra"]["role_peak_rss_mb"])
-    assert {"ratio_wall", "raw_bound_frames_per_s"} <= set(result["summary"])
+    assert {"ratio_wall", "ratio_steady", "raw_bound_frames_per_s"} <= set(result["summary"])
     assert result["context"]["machine"]["cpus"] >= 1
     assert "| pipeline |" in out.with_suffix(".md").read_text()
     assert ray_local.is_initialized()                                # the benchmark leaves a Ray it did not start

@@ -31,6 +31,8 @@ def test_run_writes_queryable_partitioned_parquet(ray_local, archive, random_che
     assert (summary.videos_listed, summary.videos_ok, summary.videos_failed) == (3, 2, 1)
     assert summary.status == "partial" and summary.exit_code == 3
     assert summary.frames == 10 + 6                                   # every 2nd frame of 20 and 12
+    assert sorted(frames for _, frames in summary.finished) == [0, 6, 10]  # per video as it finished, the bad one too
+    assert all(0 < t <= summary.seconds for t, _ in summary.finished)
 
     out = archive / "out"
     frame_files = sorted(p.relative_to(out).as_posix() for p in (out / "frames").rglob("*.parquet"))
