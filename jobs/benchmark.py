@@ -429,7 +429,8 @@ def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", co
                              f"B={config.model.batch_size}, "
                              f"{len(archive_videos(archive))} videos")
     cpu = sampler.cpu_seconds()
-    extra = {"steady_frames_per_s": steady_rate(summary.finished), "role_peak_rss_mb": sampler.role_mb, "role_sum_peak_rss_mb": sampler.role_sum_mb,
+    extra = {"steady_frames_per_s": steady_rate(summary.finished),
+             "role_peak_rss_mb": sampler.role_mb, "role_sum_peak_rss_mb": sampler.role_sum_mb,
              "role_max_processes": sampler.role_count, "job_rss_mb": sampler.job_mb,
              "workers_private_mb": sampler.workers_anon_mb,
              "cpu": cpu, "people": summary.people, "tracks": summary.tracks}
@@ -556,8 +557,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                      + (f", {summary['ratio_marginal']:.2f} on the marginal rate "
                         f"({summary['pipeline_marginal_frames_per_s']:.1f} frames/s; fixed cost per run "
                         f"{summary['fixed_cost_s']:.1f} s)" if "ratio_marginal" in summary else "")
-                     + (f", {summary['ratio_steady']:.2f} on the steady rate ({summary['pipeline_steady_frames_per_s']:.1f}"
-                        f" frames/s from the first video finished to the last)" if "ratio_steady" in summary else "")
+                     + (f", {summary['ratio_steady']:.2f} on the steady rate "
+                        f"({summary['pipeline_steady_frames_per_s']:.1f} frames/s from the first video finished to "
+                        f"the last)" if "ratio_steady" in summary else "")
                      + f" (target >= {RATIO_TARGET})")
     if summary.get("memory_ratio_20_vs_1") is not None:
         job = summary.get("job_memory_ratio_20_vs_1")
