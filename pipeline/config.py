@@ -140,7 +140,7 @@ class ModelSettings(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: cuda when the actor has a GPU, else cpu
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # autocast dtype; auto: bf16 where the device runs
                                                  # it natively (GPUs, AMX/AVX512-BF16 CPUs), fp32 elsewhere; bf16
-                                                 # scores the test AP of fp32 (0.433 both, default checkpoint)
+                                                 # scores the test AP of fp32 (0.469 both, default checkpoint)
     batch_size: PositiveInt = 16                 # frames per forward pass
     flip_test: bool = False                      # also run each frame mirrored and average (twice the model cost;
                                                  # more accurate keypoints, see models/posepipe-synthetic.md)
