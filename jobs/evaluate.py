@@ -37,10 +37,11 @@ def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: 
                        precision: str = ModelSettings().precision) -> tuple[dict, list[dict]]:
     """Run a checkpoint over a COCO set as `posepipe run` runs it (folded BatchNorm, channels_last, `precision`,
     by default the run's); returns (ground truth of the images used, COCO keypoint results)."""
-    if torch.device(device).type == "cpu":
+    torch_device = torch.device(device)
+    if torch_device.type == "cpu":
         keep_freed_memory()
     model, meta = load_checkpoint(checkpoint, map_location=device, storage_options=storage_options)
-    model, dtype = prepare_model(model), autocast_dtype(precision, torch.device(device))
+    model, dtype = prepare_model(model), autocast_dtype(precision, torch_device)
     grouping = grouping or GroupingConfig()  # what `posepipe run` groups with unless its config says otherwise
     dataset = CocoKeypointDataset(data, int(meta["input_size"]), None, storage_options=storage_options, limit=limit)
     results: list[dict] = []
