@@ -7,6 +7,7 @@ import sys
 
 COMMANDS = {
     "run": ("jobs.run", "run the pipeline over a folder or archive of videos"),
+    "models": ("jobs.models", "import the real-trained default weights; list the models a run can use"),
     "train": ("jobs.train", "train the pose network (Ray Train)"),
     "evaluate": ("jobs.evaluate", "OKS AP / PCK of a checkpoint on a COCO-format set"),
     "query": ("jobs.query", "SQL over the output tables (DuckDB views frames, tracks, errors, runs)"),

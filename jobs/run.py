@@ -81,27 +81,22 @@ def code_version() -> str:
     return version("posepipe")
 
 
-def resolve_checkpoint(uri: str) -> str:
-    """Relative local checkpoint paths resolve against the working directory, then the repository root."""
-    if "://" in uri or os.path.isabs(uri) or os.path.exists(uri):
-        return os.path.abspath(uri) if "://" not in uri else uri
-    repo_path = Path(__file__).resolve().parent.parent / uri
-    return str(repo_path) if repo_path.exists() else uri
-
-
 def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
-    """Everything that can fail fast, before Ray starts: input listing and the checkpoint."""
-    from pipeline.checkpoint import load_checkpoint
+    """Everything that can fail fast, before Ray starts: input listing and the checkpoint's metadata."""
+    from pipeline.checkpoint import read_metadata
     from pipeline.read import list_videos
 
     if not config.input or not config.output:
         raise ConfigError("both --input (videos) and --output (Parquet destination) are required")
     refs = list_videos(config.input, config.storage_options)
     try:
-        _, meta = load_checkpoint(config.model.checkpoint, storage_options=config.storage_options)
+        meta = read_metadata(config.model.checkpoint, storage_options=config.storage_options)
     except FileNotFoundError as exc:
-        raise ConfigError(f"model.checkpoint {config.model.checkpoint!r} not found ({exc}); train one with "
-                          f"`posepipe train` or point --set model.checkpoint=URI at an existing file") from None
+        raise ConfigError(f"model.checkpoint {config.model.checkpoint!r} not found ({exc}); import the default with "
+                          f"`posepipe models fetch`, train one with `posepipe train`, or point --set "
+                          f"model.checkpoint=URI at an existing file") from None
+    if config.model.flip_test and meta.get("kind") == "topdown":
+        raise ConfigError("model.flip_test applies to bottom-up checkpoints only; the top-down model has no flip test")
     return refs, meta
 
 
@@ -236,7 +231,7 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
         memory=memory_bytes(config.model.memory_gb), **retries,
         fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
                                    precision=config.model.precision, flip_test=config.model.flip_test,
-                                   grouping=config.grouping, threads=pools.threads,
+                                   grouping=config.grouping, topdown=config.topdown, threads=pools.threads,
                                    storage_options=config.storage_options))
     return ds
 
@@ -244,13 +239,14 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
 def run(config: RunConfig) -> RunSummary:
     """Run the whole job; returns the summary (also written to the `runs` table)."""
     from pipeline.assembly import VideoAssembler, VideoRows, track
+    from pipeline.checkpoint import resolve_checkpoint
     from pipeline.manifest import Manifest, outputs_hash
     from pipeline.write import OutputWriter
 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     config = config.model_copy(update={"model": config.model.model_copy(
-        update={"checkpoint": resolve_checkpoint(config.model.checkpoint)})})
+        update={"checkpoint": resolve_checkpoint(config.model.checkpoint)})})  # actors load exactly this file
     refs, meta = check_inputs(config)
     manifest = Manifest.load(config.output, config.storage_options)  # fails fast on a missing output bucket
     outputs_key = outputs_hash(config, meta)
@@ -293,7 +289,7 @@ def run(config: RunConfig) -> RunSummary:
     if refs:
         init_ray(config)
         assembler = VideoAssembler()
-        for batch in build_dataset(refs, config, int(meta["input_size"])).iter_batches(
+        for batch in build_dataset(refs, config, config.model.frame_size or int(meta["input_size"])).iter_batches(
                 batch_format="numpy", batch_size=None):
             for video in assembler.add(batch):
                 finish(by_id[video.video_id], video)

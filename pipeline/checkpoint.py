@@ -16,6 +16,8 @@ checkpoint cannot run code. The metadata is plain JSON-like data:
     epoch           1-based epoch the weights are from
     created_at      ISO-8601 UTC time of writing
     weights_dtype   how the file stores the weights: float32, float16 or int8 (`WEIGHT_DTYPES`); all load as float32
+    kind            "bottomup" (absent in older files); imported top-down models ("topdown") keep their own layout,
+                    see pipeline/blazepose/weights.py
 
 Optimizer state for resuming lives in a separate file (`save_training_state`), so the exported model stays small.
 """
@@ -26,7 +28,9 @@ import datetime as dt
 import io
 import json
 import logging
+import os
 import pickle
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
@@ -38,6 +42,8 @@ from pipeline.storage import resolve, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+BOTTOM_UP = "bottomup"  # metadata "kind" of PoseNet checkpoints (the default when absent); see blazepose.weights
 REQUIRED_METADATA = ("model", "keypoint_names", "skeleton", "input_size", "mean", "std", "heads")
 WeightsDtype = Literal["float32", "float16", "int8"]  # storage of a checkpoint's weights (`save_checkpoint`)
 WEIGHT_DTYPES = get_args(WeightsDtype)
@@ -51,6 +57,7 @@ def checkpoint_metadata(config: ModelConfig, train_config: dict | None = None, m
                         epoch: int = 0) -> dict[str, Any]:
     """The metadata dict described in the module docstring, for a model built from `config`."""
     return {
+        "kind": BOTTOM_UP,
         "model": config.to_dict(),
         "keypoint_names": list(KEYPOINT_NAMES),
         "skeleton": [list(limb) for limb in SKELETON],
@@ -141,16 +148,71 @@ def load_checkpoint(uri: str, map_location: Any = "cpu",
         CheckpointError: the file is not a readable posepipe checkpoint.
     """
     payload = load_payload(uri, map_location, storage_options)
-    if not isinstance(payload, dict) or "state_dict" not in payload or "metadata" not in payload:
-        raise CheckpointError(f"{uri} is not a posepipe checkpoint: expected a dict with 'state_dict' and "
-                              f"'metadata', got {type(payload).__name__}; save it with save_checkpoint")
-    metadata = payload["metadata"]
+    return model_from_payload(payload, uri).to(map_location).eval(), payload["metadata"]
+
+
+def model_from_payload(payload: Any, uri: str) -> PoseNet:
+    """The bottom-up network of a loaded checkpoint payload (float32, eval mode).
+
+    Raises:
+        CheckpointError: not a bottom-up posepipe checkpoint, or weights that do not fit its metadata.
+    """
+    metadata = payload_metadata(payload, uri)
+    if metadata.get("kind", BOTTOM_UP) != BOTTOM_UP:
+        raise CheckpointError(f"{uri} holds a {metadata['kind']} model ({metadata.get('family')}), not the bottom-up "
+                              f"network that training uses; point at a bottom-up checkpoint such as "
+                              f"models/posepipe-synthetic.pt")
+    if "state_dict" not in payload:
+        raise CheckpointError(f"{uri} is not a posepipe checkpoint: it has no 'state_dict'; save it with "
+                              f"save_checkpoint")
     try:
         model = PoseNet(ModelConfig.from_dict(metadata["model"]))
         model.load_state_dict(dequantize_state(payload["state_dict"], payload.get("weight_scales", {})))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{uri}: weights do not fit the model described by its metadata: {exc}") from exc
-    return model.to(map_location).eval(), metadata
+    return model.eval()
+
+
+def payload_metadata(payload: Any, uri: str) -> dict:
+    """The metadata of a loaded checkpoint payload. Raises CheckpointError when it is not a posepipe checkpoint."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("metadata"), dict):
+        raise CheckpointError(f"{uri} is not a posepipe checkpoint: expected a dict with 'metadata', got "
+                              f"{type(payload).__name__}; save it with save_checkpoint or `posepipe models fetch`")
+    return payload["metadata"]
+
+
+def read_metadata(uri: str, storage_options: dict | None = None) -> dict:
+    """A checkpoint's metadata (model kind, input size, source...) without building its model.
+
+    Raises:
+        FileNotFoundError: nothing at `uri`.
+        CheckpointError: not a readable posepipe checkpoint.
+    """
+    return payload_metadata(load_payload(uri, "cpu", storage_options), uri)
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """Where `model.checkpoint` points: a model name such as `blazepose-heavy` is its file in the model cache
+    (`posepipe models fetch` puts it there); a relative path resolves against the working directory, then the
+    repository root; URIs stay as they are.
+
+    Raises:
+        CheckpointError: a model name whose file is not in the cache, saying which command puts it there.
+    """
+    from pipeline.blazepose.weights import MODEL_NAMES, cached_checkpoint
+
+    if uri in MODEL_NAMES:
+        path = cached_checkpoint(uri)
+        if not path.is_file():
+            raise CheckpointError(f"model {uri!r} is not in the model cache ({path.parent}); import it with "
+                                  f"`posepipe models fetch` (make install runs it)")
+        return str(path)
+    if "://" in uri:
+        return uri
+    if os.path.isabs(uri) or os.path.exists(uri):
+        return os.path.abspath(uri)
+    repo_path = REPOSITORY / uri
+    return str(repo_path) if repo_path.exists() else uri
 
 
 def save_training_state(state: dict, uri: str, storage_options: dict | None = None) -> None:
@@ -183,5 +245,7 @@ def load_payload(uri: str, map_location: Any, storage_options: dict | None) -> A
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as exc:
+        hint = "; import it again with `posepipe models fetch --force`" \
+            if os.path.basename(uri).startswith("blazepose-") else ""
         raise CheckpointError(f"{uri} ({len(data)} bytes) is not a readable torch checkpoint "
-                              f"(truncated or corrupt?): {exc}") from exc
+                              f"(truncated or corrupt?): {exc}{hint}") from exc

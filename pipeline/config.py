@@ -115,10 +115,12 @@ from typing import Literal  # noqa: E402
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt  # noqa: E402
 
+from pipeline.blazepose.topdown import TopDownConfig  # noqa: E402
 from pipeline.grouping import GroupingConfig  # noqa: E402
 from pipeline.tracking import TrackerConfig  # noqa: E402
 
 DEFAULT_RUN_CONFIG = CONFIG_DIR / "default.yaml"
+DEFAULT_CHECKPOINT = "blazepose-heavy"           # imported real-trained weights, see pipeline/blazepose/weights.py
 
 
 class DecodeSettings(StrictModel):
@@ -136,7 +138,10 @@ class DecodeSettings(StrictModel):
 
 
 class ModelSettings(StrictModel):
-    checkpoint: str = "models/posepipe-synthetic.pt"  # local path or URI (s3://..., file://...)
+    checkpoint: str = DEFAULT_CHECKPOINT         # a cached model name (`posepipe models fetch`), path or URI (s3://...);
+                                                 # models/posepipe-synthetic.pt is the bottom-up synthetic-trained net
+    frame_size: PositiveInt | None = None        # frames are letterboxed to this square for the model; None: the
+                                                 # checkpoint's (1024 for the imported top-down models)
     device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: cuda when the actor has a GPU, else cpu
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # autocast dtype; auto: bf16 where the device runs
                                                  # it natively (GPUs, AMX/AVX512-BF16 CPUs), fp32 elsewhere; bf16
@@ -181,7 +186,8 @@ class RunConfig(StrictModel):
     storage_options: dict[str, Any] = Field(default_factory=dict)  # fsspec options, e.g. {endpoint_url: ...}
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
-    grouping: GroupingConfig = GroupingConfig()
+    grouping: GroupingConfig = GroupingConfig()  # bottom-up models: peaks and people assembly
+    topdown: TopDownConfig = TopDownConfig()     # top-down models: person detection, crops, video following
     tracking: TrackerConfig = TrackerConfig()
     write: WriteSettings = Field(default_factory=WriteSettings)
     ray: RaySettings = Field(default_factory=RaySettings)

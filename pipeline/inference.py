@@ -1,7 +1,10 @@
-"""Infer stage: batched heatmap + PAF inference, peak decoding and grouping, all on the actor's device.
+"""Infer stage: the pose model on the actor's device, frame batches in, one row per person out.
 
-Only compact per-person rows leave the actor: full heatmaps never travel through Ray's object store. Keypoints are
-mapped back heatmap -> model input -> original image pixels here, so every later stage works in image pixels.
+Two kinds of model share the stage (`load_pose_model` picks by the checkpoint's metadata): the bottom-up network
+(`BottomUpModel`: heatmaps + PAFs of the whole frame, peaks and grouping) and an imported top-down model
+(`TopDownModel`: person detector, then a landmark net per person crop, see pipeline/blazepose). Both run entirely on
+the device, so only compact per-person rows leave the actor: full heatmaps never travel through Ray's object store.
+Keypoints are mapped back to original image pixels here, so every later stage works in image pixels.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.blazepose.topdown import TopDownConfig, TopDownPose
+from pipeline.blazepose.weights import build_modules
+from pipeline.checkpoint import (BOTTOM_UP, CheckpointError, load_payload, model_from_payload, payload_metadata,
+                                 resolve_checkpoint)
 from pipeline.grouping import GroupingConfig, group_people_batch
 from pipeline.heatmaps import heatmap_to_input
 from pipeline.keypoints import NUM_KEYPOINTS
@@ -158,9 +164,95 @@ def missing_keypoints(n: int) -> np.ndarray:
     return out
 
 
+People = list[tuple[np.ndarray, np.ndarray]]  # per frame: keypoints (P, K, 3) in input pixels, person scores (P,)
+
+
+class BottomUpModel:
+    """The bottom-up network (`pipeline.model.PoseNet`): heatmaps and PAFs of whole frames, peaks and grouping on the
+    device."""
+
+    kind = BOTTOM_UP
+
+    def __init__(self, network: nn.Module, metadata: dict, device: torch.device, dtype: torch.dtype | None,
+                 grouping: GroupingConfig = GroupingConfig(), flip_test: bool = False):
+        self.network = prepare_model(network)
+        self.device, self.dtype, self.grouping, self.flip_test = device, dtype, grouping, flip_test
+        self.mean, self.std = tuple(metadata.get("mean", IMAGE_MEAN)), tuple(metadata.get("std", IMAGE_STD))
+        self.stride = int(getattr(network, "stride", 4))
+
+    def find_people(self, frames: torch.Tensor, content: torch.Tensor | None = None,
+                    chains: list[list[int]] | None = None) -> People:
+        """uint8 frames (B, S, S, 3) on the device -> people per frame, in input pixels."""
+        x = normalize(frames, self.mean, self.std)                                  # (B, 3, S, S)
+        heatmaps, pafs = run_network(self.network, x, self.dtype, self.flip_test)   # (B, K, h, w), (B, 2L, h, w)
+        people = []
+        for keypoints, scores in group_people_batch(heatmaps, pafs, self.grouping):
+            xy = heatmap_to_input(keypoints[..., :2].astype(np.float64), self.stride)
+            people.append((np.concatenate([xy, keypoints[..., 2:3]], axis=-1).astype(np.float32), scores))
+        return people
+
+
+class TopDownModel:
+    """An imported top-down model (`pipeline.blazepose`): a person detector and a landmark net on crops."""
+
+    kind = "topdown"
+
+    def __init__(self, detector: nn.Module, landmarks: nn.Module, device: torch.device, dtype: torch.dtype | None,
+                 config: TopDownConfig = TopDownConfig()):
+        prepare = lambda m: m.to(device).eval().to(memory_format=torch.channels_last)  # noqa: E731
+        self.pose = TopDownPose(prepare(detector), prepare(landmarks), config, dtype)
+
+    def find_people(self, frames: torch.Tensor, content: torch.Tensor,
+                    chains: list[list[int]] | None = None) -> People:
+        """uint8 frames (B, S, S, 3) on the device, the picture's box in each (B, 4) x0, y0, w, h, and the frames of
+        each video in order -> people per frame, in input pixels."""
+        return [(p.keypoints, p.scores) for p in self.pose.estimate(frames, content, chains)]
+
+
+def load_pose_model(checkpoint: str, device: torch.device, precision: str = "auto",
+                    grouping: GroupingConfig = GroupingConfig(), topdown: TopDownConfig = TopDownConfig(),
+                    flip_test: bool = False, storage_options: dict[str, Any] | None = None
+                    ) -> tuple[BottomUpModel | TopDownModel, dict]:
+    """The model of a checkpoint, ready to run on `device`; returns (model, metadata).
+
+    Raises:
+        FileNotFoundError, CheckpointError: no usable checkpoint at `checkpoint`.
+        ValueError: an option the model does not support (the flip test of a top-down model).
+    """
+    uri = resolve_checkpoint(checkpoint)
+    payload = load_payload(uri, "cpu", storage_options)
+    metadata = payload_metadata(payload, uri)
+    dtype = autocast_dtype(precision, device)
+    if metadata.get("kind", BOTTOM_UP) == TopDownModel.kind:
+        if flip_test:
+            raise ValueError("model.flip_test applies to the bottom-up model only; the top-down model has no flip test")
+        try:
+            detector, landmarks = build_modules(payload, uri)
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{uri}: weights do not fit the top-down model its metadata describes: {exc}; "
+                                  f"import it again with `posepipe models fetch --force`") from exc
+        return TopDownModel(detector, landmarks, device, dtype, topdown), metadata
+    network = model_from_payload(payload, uri).to(device)
+    return BottomUpModel(network, metadata, device, dtype, grouping, flip_test), metadata
+
+
+def picture_boxes(widths: np.ndarray, heights: np.ndarray, size: int) -> np.ndarray:
+    """(B, 4) x0, y0, w, h of each letterboxed picture inside its (size, size) frame, corner coordinates."""
+    boxes = [Letterbox.fit(int(w), int(h), size) for w, h in zip(widths, heights)]
+    return np.array([[b.pad_x, b.pad_y, b.resized_width, b.resized_height] for b in boxes], np.float32).reshape(-1, 4)
+
+
+def video_chains(video_ids: np.ndarray, frame_indices: np.ndarray) -> list[list[int]]:
+    """Row indices of each video's frames, in frame order: the frames a top-down model follows people through."""
+    chains: dict[Any, list[int]] = {}
+    for row in np.lexsort((frame_indices, video_ids.astype(str))):
+        chains.setdefault(video_ids[row], []).append(int(row))
+    return list(chains.values())
+
+
 def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarray, scores: np.ndarray,
-                size: int, stride: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
-    """Map one frame's people from heatmap pixels to original-image pixels.
+                size: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """Map one frame's people from model-input pixels to original-image pixels.
 
     Returns the source row index per output row, person_index (R,), person_score (R,), keypoints (R, K, 3); a frame
     without people gives one row with person_index -1, so downstream stages still see the frame.
@@ -168,48 +260,54 @@ def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarra
     if len(keypoints) == 0:
         return [frame], np.array([-1], np.int32), np.zeros(1, np.float32), missing_keypoints(1)
     letterbox = Letterbox.fit(int(columns["width"][frame]), int(columns["height"][frame]), size)
-    xy = letterbox.to_image(heatmap_to_input(keypoints[..., :2].astype(np.float64), stride))  # (P, K, 2)
+    xy = letterbox.to_image(keypoints[..., :2].astype(np.float64))                         # (P, K, 2)
     out = np.concatenate([xy, keypoints[..., 2:3]], axis=-1).astype(np.float32)            # (P, K, 3)
     return [frame] * len(keypoints), np.arange(len(keypoints), dtype=np.int32), scores.astype(np.float32), out
 
 
 class PoseEstimator:
-    """Ray Data UDF holding the network: frame batches in, one row per (frame, person) out; end markers pass."""
+    """Ray Data UDF holding the model: frame batches in, one row per (frame, person) out; end markers pass."""
 
     def __init__(self, checkpoint: str, device: str = "auto", precision: str = "fp32",
                  grouping: GroupingConfig = GroupingConfig(), threads: int | None = None,
-                 storage_options: dict[str, Any] | None = None, flip_test: bool = False):
+                 storage_options: dict[str, Any] | None = None, flip_test: bool = False,
+                 topdown: TopDownConfig = TopDownConfig()):
         if threads:
             torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
         self.device = pick_device(device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.model, meta = load_checkpoint(checkpoint, map_location=self.device, storage_options=storage_options)
-        self.model = prepare_model(self.model)
-        self.size = int(meta["input_size"])
-        self.mean, self.std = tuple(meta.get("mean", IMAGE_MEAN)), tuple(meta.get("std", IMAGE_STD))
-        self.stride = int(getattr(self.model, "stride", 4))
-        self.autocast = autocast_dtype(precision, self.device)
-        self.grouping = grouping
-        self.flip_test = flip_test
-        logger.info("pose model on %s (%s -> %s%s), input %d", self.device, precision,
-                    str(self.autocast or torch.float32).removeprefix("torch."), ", flip test" * flip_test, self.size)
+        self.model, meta = load_pose_model(checkpoint, self.device, precision, grouping, topdown, flip_test,
+                                           storage_options)
+        logger.info("%s pose model on %s (%s -> %s%s)", self.model.kind, self.device, precision,
+                    str(self.model_dtype).removeprefix("torch."), ", flip test" * flip_test)
 
-    def predict(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """uint8 (B, S, S, 3) -> per image (keypoints (P, K, 3) heatmap px, scores (P,))."""
+    @property
+    def model_dtype(self) -> torch.dtype:
+        dtype = self.model.dtype if isinstance(self.model, BottomUpModel) else self.model.pose.dtype
+        return dtype or torch.float32
+
+    def predict(self, images: np.ndarray, widths: np.ndarray | None = None, heights: np.ndarray | None = None,
+                chains: list[list[int]] | None = None) -> People:
+        """uint8 (B, S, S, 3) letterboxed frames of pictures widths x heights (default: filling the frame) ->
+        per frame (keypoints (P, K, 3) in input pixels, scores (P,))."""
+        size = images.shape[1]
         frames = torch.from_numpy(images)
         if self.device.type == "cuda":
             frames = frames.pin_memory().to(self.device, non_blocking=True)
-        x = normalize(frames, self.mean, self.std)                             # (B, 3, S, S)
-        heatmaps, pafs = run_network(self.model, x, self.autocast, self.flip_test)  # (B, K, h, w), (B, 2L, h, w)
-        return group_people_batch(heatmaps, pafs, self.grouping)
+        widths = widths if widths is not None else np.full(len(images), size)
+        heights = heights if heights is not None else np.full(len(images), size)
+        content = torch.from_numpy(picture_boxes(widths, heights, size)).to(self.device)
+        return self.model.find_people(frames, content, chains)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         real = np.flatnonzero(~batch["is_end"])
-        people = self.predict(batch["image"][real]) if len(real) else []
+        size = batch["image"].shape[1]
+        people = self.predict(batch["image"][real], batch["width"][real], batch["height"][real],
+                              video_chains(batch["video_id"][real], batch["frame_index"][real])) if len(real) else []
         sources, person_index, person_score, keypoints = [], [], [], []
         for row, (kp, scores) in zip(real, people):
-            src, idx, sc, xy = people_rows(batch, row, kp, scores, self.size, self.stride)
+            src, idx, sc, xy = people_rows(batch, row, kp, scores, size)
             sources += src
             person_index.append(idx)
             person_score.append(sc)

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_PATH = "_manifest/videos.parquet"
 # + grouping, tracking
-OUTPUT_SETTINGS = {"decode": ("every_nth", "fps", "max_frames"), "model": ("precision", "flip_test")}
+OUTPUT_SETTINGS = {"decode": ("every_nth", "fps", "max_frames"), "model": ("precision", "flip_test", "frame_size")}
 
 MANIFEST_SCHEMA = pa.schema([
     pa.field("uri", pa.string(), nullable=False),
@@ -69,7 +69,8 @@ def outputs_hash(config: RunConfig, checkpoint_metadata: dict[str, Any]) -> str:
     """
     data = config.model_dump(mode="json")
     payload = {section: {key: data[section][key] for key in keys} for section, keys in OUTPUT_SETTINGS.items()}
-    payload |= {"grouping": data["grouping"], "tracking": data["tracking"], "checkpoint": checkpoint_metadata}
+    payload |= {"grouping": data["grouping"], "topdown": data["topdown"], "tracking": data["tracking"],
+                "checkpoint": checkpoint_metadata}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

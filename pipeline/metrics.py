@@ -170,6 +170,20 @@ def evaluate_results(gt_coco: dict, results: list[dict], pck_threshold: float = 
     return {**oks_ap(gt_coco, results), "PCK": pck_coco(gt_coco, results, pck_threshold)}
 
 
+def evaluate_by(gt_coco: dict, results: list[dict], key: str, pck_threshold: float = 0.2) -> dict[str, dict]:
+    """`evaluate_results` per value of an image field (e.g. "dataset": the source of each image), with "people"."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for image in gt_coco["images"]:
+        groups[str(image.get(key))].append(image)
+    out = {}
+    for value, images in sorted(groups.items()):
+        ids = {image["id"] for image in images}
+        gt = {**gt_coco, "images": images, "annotations": [a for a in gt_coco["annotations"] if a["image_id"] in ids]}
+        out[value] = {"people": len(gt["annotations"]),
+                      **evaluate_results(gt, [r for r in results if r["image_id"] in ids], pck_threshold)}
+    return out
+
+
 def results_to_array(results: list[dict]) -> np.ndarray:
     """COCO results of one image -> (P, K, 3) [x, y, score]; keypoints scored 0 become NaN coordinates."""
     if not results:

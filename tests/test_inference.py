@@ -65,7 +65,7 @@ def test_flip_test_predictions_are_mirror_symmetric():
     estimator = PoseEstimator("models/posepipe-synthetic.pt", device="cpu", flip_test=True)
     frames = np.stack([image, image[:, ::-1].copy()])
     with torch.inference_mode():
-        heatmaps, pafs = forward_flip_averaged(estimator.model, normalize(torch.from_numpy(frames)))
+        heatmaps, pafs = forward_flip_averaged(estimator.model.network, normalize(torch.from_numpy(frames)))
     mirrored = unmirror_outputs(heatmaps[1:], pafs[1:])
     torch.testing.assert_close(mirrored[0], heatmaps[:1], rtol=0, atol=1e-4)
     torch.testing.assert_close(mirrored[1], pafs[:1], rtol=0, atol=1e-4)
@@ -73,9 +73,9 @@ def test_flip_test_predictions_are_mirror_symmetric():
     (kp, scores), (kp_m, scores_m) = estimator.predict(frames)
     assert len(kp) >= 1 and len(kp) == len(kp_m)
     kp_m = kp_m[:, list(FLIP_INDEX)]
-    kp_m[..., 0] = 63 - kp_m[..., 0]                          # heatmap pixel h mirrors to w - 1 - h (w = 64)
+    kp_m[..., 0] = 255 - kp_m[..., 0]                         # input pixel x mirrors to S - 1 - x (S = 256)
     order, order_m = np.argsort(np.nanmean(kp[..., 0], 1)), np.argsort(np.nanmean(kp_m[..., 0], 1))
-    same = np.all(np.abs(kp[order] - kp_m[order_m]) < 1e-2, axis=-1)  # (P, K)
+    same = np.all(np.abs(kp[order] - kp_m[order_m]) < 4e-2, axis=-1)  # (P, K), input pixels = 4 heatmap pixels
     assert same.mean() >= 0.9, f"{(~same).sum()} of {same.size} keypoints differ between the frame and its mirror"
 
 

@@ -1,0 +1,352 @@
+"""Top-down multi-person pose with the BlazePose nets: find people, crop each one, run the landmark net on the crops.
+
+For a batch of frames (already letterboxed to a square, uint8, on the device):
+
+1. **Detect** on the whole frame and on overlapping tiles (small people), all views in one detector batch; decode the
+   SSD anchors, then weighted NMS per frame over all views' candidates (`decode_detections`, `weighted_nms`).
+2. **Crop** a rotated square per person from the detector's alignment points (mid-hip -> above the head), all people of
+   all frames in one `grid_sample` (`roi.sample_rois`), and run the landmark net once on them.
+3. **Refine** (optional): re-crop from the landmark net's own alignment points (landmarks 33/34) and run it again.
+4. **Decode** landmarks: sub-pixel refinement on the 64x64 heatmaps, back to frame pixels, BlazePose-33 -> COCO-17;
+   drop crops whose presence is low and duplicates by OKS.
+
+In a video, `estimate` follows people instead of detecting every frame: frames of one video are chained in order, the
+detector runs on the first frame of each run of `detect_every` and wherever the previous frame lost someone, and the
+other frames are cropped from the previous frame's alignment points (MediaPipe's tracking, for many people). Every
+step processes one frame of every chain, so the landmark net still sees all chains' people in one batch.
+
+Outputs are in frame pixels with pixel centres on integers, like the rest of posepipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.blazepose import detector as det
+from pipeline.blazepose.landmarks import INPUT_SIZE as CROP_SIZE
+from pipeline.blazepose.layers import Float32
+from pipeline.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
+from pipeline.keypoints import NUM_KEYPOINTS, OKS_SIGMAS
+
+# BlazePose landmark for each COCO-17 keypoint (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)
+COCO_FROM_BLAZEPOSE = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
+HIP_CENTRE, ABOVE_HEAD = 33, 34      # the landmark net's alignment points (auxiliary landmarks)
+
+
+@dataclass(frozen=True)
+class TopDownConfig:
+    detector_threshold: float = 0.5    # detector score (sigmoid) for a candidate person
+    nms_threshold: float = 0.3         # IoU of the detector's face boxes above which candidates merge (weighted NMS)
+    tiles: int = 2                     # the detector also runs on tiles x tiles overlapping crops (0: whole frame)
+    tile_fraction: float = 0.6         # a tile's side, as a fraction of the frame's
+    max_people: int = 32               # per frame, highest detector scores first
+    roi_scale: float = 1.25            # crop side = 2 x alignment distance x roi_scale (MediaPipe's)
+    refine: int = 1                    # times to crop again from the landmark net's alignment points and rerun it
+    heatmap_refine: bool = True        # move each landmark to the weighted mean of its heatmap's 7x7 window
+    presence_threshold: float = 0.5    # landmark net's person presence below which a crop holds no person
+    oks_threshold: float = 0.7         # people of one frame whose keypoints overlap more (OKS) are one person
+    detect_every: int = 4              # in a video, frames between detector runs (1: every frame)
+
+    def __post_init__(self):
+        for name in ("detector_threshold", "nms_threshold", "tile_fraction", "presence_threshold", "oks_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"expected {name} in [0, 1], got {getattr(self, name)}")
+        if self.tiles < 0 or self.tiles == 1 or self.max_people < 1 or self.detect_every < 1 or self.refine < 0:
+            raise ValueError(f"expected tiles 0 or >= 2, max_people >= 1, detect_every >= 1 and refine >= 0, got "
+                             f"{self.tiles}, {self.max_people}, {self.detect_every}, {self.refine}")
+
+
+@dataclass
+class People:
+    """The people found in one frame: P people, K = 17 COCO keypoints, frame pixels (centres on integers)."""
+
+    keypoints: np.ndarray     # (P, K, 3) x, y, score
+    scores: np.ndarray        # (P,) landmark net's person presence
+    alignment: np.ndarray     # (P, 2, 2) hip centre and above-head points, frame corner coordinates (next crop)
+
+
+def detector_views(content: torch.Tensor, tiles: int, fraction: float) -> torch.Tensor:
+    """The squares the detector looks at in each frame: the whole content, then tiles x tiles overlapping tiles,
+    each letterboxed (a square of the longer side, centred).
+
+    Args:
+        content: (B, 4) x0, y0, w, h of each frame's picture inside the square frame tensor (corner coordinates).
+    Returns:
+        (B, V, 3) x0, y0, side.
+    """
+    x0, y0, w, h = content.unbind(-1)
+    views = [(x0 + w / 2, y0 + h / 2, torch.maximum(w, h))]
+    for i in range(tiles):
+        for j in range(tiles):
+            tw, th = w * fraction, h * fraction
+            cx, cy = x0 + tw / 2 + j * (w - tw) / (tiles - 1), y0 + th / 2 + i * (h - th) / (tiles - 1)
+            views.append((cx, cy, torch.maximum(tw, th)))
+    return torch.stack([torch.stack([cx - s / 2, cy - s / 2, s], dim=-1) for cx, cy, s in views], dim=1)
+
+
+def decode_detections(scores: torch.Tensor, boxes: torch.Tensor, anchors: torch.Tensor, views: torch.Tensor,
+                      threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detector outputs of N views -> candidates above `threshold`, in frame corner coordinates.
+
+    Args:
+        scores: (N, A, 1) logits; boxes: (N, A, 12); anchors: (A, 2) centres in [0, 1]; views: (N, 3) x0, y0, side.
+    Returns:
+        view index (M,), score (M,), face box (M, 4) x0, y0, x1, y1, keypoints (M, 4, 2).
+    """
+    prob = torch.sigmoid(scores[..., 0].float().clamp(-100, 100))           # (N, A)
+    view, anchor = torch.nonzero(prob > threshold, as_tuple=True)
+    raw = boxes[view, anchor].float() / det.INPUT_SIZE                       # (M, 12), fractions of the view
+    centre = anchors[anchor]                                                  # (M, 2)
+    x0y0, side = views[view, :2], views[view, 2:3]                            # (M, 2), (M, 1)
+    box_centre = x0y0 + (raw[:, 0:2] + centre) * side
+    half = raw[:, 2:4] * side / 2
+    keypoints = x0y0[:, None] + (raw[:, 4:12].view(-1, 4, 2) + centre[:, None]) * side[:, None]
+    return view, prob[view, anchor], torch.cat([box_centre - half, box_centre + half], dim=-1), keypoints
+
+
+def weighted_nms(scores: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray, threshold: float,
+                 limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """MediaPipe's weighted non-maximum suppression, keeping every cluster (every person), best first.
+
+    Each round takes the best remaining candidate and all candidates whose box overlaps it by IoU > `threshold`,
+    and replaces them by their score-weighted mean keypoints, with the best score.
+
+    Args:
+        scores: (M,); boxes: (M, 4) x0, y0, x1, y1; keypoints: (M, 4, 2).
+    Returns:
+        scores (D,), keypoints (D, 4, 2), D <= limit.
+    """
+    order = np.argsort(-scores, kind="stable")
+    kept_scores, kept_keypoints = [], []
+    while len(order) and len(kept_scores) < limit:
+        top = boxes[order[0]]
+        x0, y0 = np.maximum(top[0], boxes[order, 0]), np.maximum(top[1], boxes[order, 1])
+        x1, y1 = np.minimum(top[2], boxes[order, 2]), np.minimum(top[3], boxes[order, 3])
+        inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+        area = (boxes[order, 2] - boxes[order, 0]) * (boxes[order, 3] - boxes[order, 1])
+        iou = inter / np.maximum(area + (top[2] - top[0]) * (top[3] - top[1]) - inter, 1e-9)
+        cluster = order[iou > threshold]
+        weights = scores[cluster] / scores[cluster].sum()
+        kept_scores.append(scores[order[0]])
+        kept_keypoints.append(np.einsum("m,mkd->kd", weights, keypoints[cluster]))
+        order = order[iou <= threshold]
+    return np.array(kept_scores, np.float32), np.array(kept_keypoints, np.float32).reshape(-1, 4, 2)
+
+
+def refine_from_heatmaps(xy: torch.Tensor, heatmaps: torch.Tensor, kernel: int = 7,
+                         min_confidence: float = 0.5) -> torch.Tensor:
+    """MediaPipe's RefineLandmarksFromHeatmap: each landmark moves to the sigmoid-weighted mean position of the
+    `kernel` x `kernel` heatmap window around it, where the window's peak confidence reaches `min_confidence`.
+
+    Args:
+        xy: (R, L, 2) crop pixels (0..256); heatmaps: (R, L, h, w) logits.
+    Returns:
+        (R, L, 2) crop pixels.
+    """
+    r, n, h, w = heatmaps.shape
+    stride = CROP_SIZE / w
+    centre = torch.floor(xy / stride).long()                                   # (R, L, 2) col, row
+    offsets = torch.arange(kernel, device=xy.device) - (kernel - 1) // 2
+    cols = centre[..., 0, None, None] + offsets[None, :]                       # (R, L, 1, k)
+    rows = centre[..., 1, None, None] + offsets[:, None]                       # (R, L, k, 1)
+    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)               # (R, L, k, k)
+    index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1))                  # (R, L, k, k)
+    confidence = torch.sigmoid(heatmaps.float().flatten(2).gather(2, index.flatten(2)).view(r, n, kernel, kernel))
+    confidence = confidence * inside
+    total = confidence.sum((-1, -2))                                           # (R, L)
+    mean_col = (confidence * cols).sum((-1, -2)) / total.clamp_min(1e-9)
+    mean_row = (confidence * rows).sum((-1, -2)) / total.clamp_min(1e-9)
+    refined = torch.stack([mean_col, mean_row], dim=-1) * stride
+    centre_inside = ((centre >= 0) & (centre < torch.tensor([w, h], device=xy.device))).all(-1)
+    use = centre_inside & (confidence.amax((-1, -2)) >= min_confidence) & (total > 0)
+    return torch.where(use[..., None], refined, xy)
+
+
+def oks_nms(keypoints: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices of the people to keep, best first: a person whose OKS with a kept one exceeds `threshold` is dropped.
+
+    OKS here weighs each keypoint by the lower of the two people's scores for it, so two hypotheses of one person
+    that agree where both see the body (the face, say) and part where one guesses the hidden rest are one person.
+
+    Args:
+        keypoints: (P, K, 3) x, y, score; scores: (P,).
+    """
+    order = np.argsort(-scores, kind="stable")
+    xy, score = keypoints[..., :2].astype(np.float64), keypoints[..., 2].astype(np.float64)
+    extent = xy.max(axis=1) - xy.min(axis=1)                                  # (P, 2)
+    area = np.maximum(extent[:, 0] * extent[:, 1], 1.0)
+    var = (2.0 * OKS_SIGMAS) ** 2
+    kept: list[int] = []
+    for p in order:
+        if kept:
+            d2 = ((xy[kept] - xy[p]) ** 2).sum(-1)                             # (kept, K)
+            weight = np.minimum(score[kept], score[p]) + 1e-6                  # (kept, K)
+            similarity = (np.exp(-d2 / var / (area[kept, None] + np.spacing(1)) / 2) * weight).sum(-1) \
+                / weight.sum(-1)
+            if similarity.max() > threshold:
+                continue
+        kept.append(int(p))
+    return np.array(kept, np.int64)
+
+
+def heads_in_float32(detector: torch.nn.Module, landmarks: torch.nn.Module) -> None:
+    """Keep the output convs of both nets in float32 under autocast (their outputs are pixel coordinates)."""
+    for head in (detector.head8, detector.head16, detector.head32):
+        head.box, head.score = Float32(head.box), Float32(head.score)
+    for name in ("landmarks_head", "world_head", "presence_head", "heatmap_head"):
+        setattr(landmarks, name, Float32(getattr(landmarks, name)))
+
+
+class TopDownPose:
+    """Detector + landmark net on one device; `estimate` turns frame batches into `People` per frame."""
+
+    def __init__(self, detector: torch.nn.Module, landmarks: torch.nn.Module, config: TopDownConfig = TopDownConfig(),
+                 dtype: torch.dtype | None = None):
+        if dtype is not None:
+            heads_in_float32(detector, landmarks)
+        self.detector, self.landmarks, self.config, self.dtype = detector, landmarks, config, dtype
+        self.device = next(landmarks.parameters()).device
+        self.anchors = torch.from_numpy(det.ssd_anchors()).to(self.device)
+        self.coco = torch.tensor(COCO_FROM_BLAZEPOSE, device=self.device)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    @torch.inference_mode()
+    def detect(self, frames: torch.Tensor, content: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Detector over every view of every frame; per frame (scores (D,), alignment points (D, 2, 2)).
+
+        Args:
+            frames: (B, 3, S, S) float 0..255; content: (B, 4) picture inside each frame.
+        """
+        c = self.config
+        views = detector_views(content, c.tiles, c.tile_fraction)                 # (B, V, 3)
+        b, v = views.shape[:2]
+        flat = views.reshape(b * v, 3)
+        rois = torch.cat([torch.arange(b, device=frames.device).repeat_interleave(v)[:, None].float(),
+                          flat[:, :2] + flat[:, 2:] / 2, flat[:, 2:], torch.zeros_like(flat[:, :1])], dim=-1)
+        x = sample_rois(frames, rois, det.INPUT_SIZE) / 127.5 - 1.0               # (B*V, 3, 224, 224) in [-1, 1]
+        with self.autocast():
+            scores, boxes = self.detector(x.contiguous(memory_format=torch.channels_last))
+        view, prob, box, keypoints = decode_detections(scores, boxes, self.anchors, flat, c.detector_threshold)
+        frame = (view // v).cpu().numpy()
+        prob, box, keypoints = prob.cpu().numpy(), box.cpu().numpy(), keypoints.cpu().numpy()
+        out = []
+        for i in range(b):
+            mine = frame == i
+            s, kp = weighted_nms(prob[mine], box[mine], keypoints[mine], c.nms_threshold, c.max_people)
+            out.append((s, kp[:, :2]))                                            # mid-hip, above the head
+        return out
+
+    @torch.inference_mode()
+    def run_landmarks(self, frames: torch.Tensor, rois: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Landmark net on every ROI: one crop batch. Returns landmarks (R, 39, 3) x, y frame corner coordinates and
+        score, alignment (R, 2, 2) and presence (R,)."""
+        crops = sample_rois(frames, rois, CROP_SIZE, padding_mode="border") / 255.0   # (R, 3, 256, 256) in [0, 1]
+        with self.autocast():
+            out = self.landmarks(crops.contiguous(memory_format=torch.channels_last))
+        raw = out["landmarks"].float()                                                 # (R, 39, 5)
+        xy = raw[..., :2]
+        if self.config.heatmap_refine:
+            xy = refine_from_heatmaps(xy, out["heatmaps"])
+        xy = crop_to_frame(rois, xy / CROP_SIZE)                                        # (R, 39, 2)
+        score = torch.sigmoid(raw[..., 3])                                              # visibility
+        return {"landmarks": torch.cat([xy, score[..., None]], dim=-1),
+                "alignment": xy[:, [HIP_CENTRE, ABOVE_HEAD]], "presence": out["presence"].float()[:, 0]}
+
+    def rois(self, frame: torch.Tensor, alignment: torch.Tensor) -> torch.Tensor:
+        return rois_from_alignment(frame, alignment[:, 0], alignment[:, 1], self.config.roi_scale)
+
+    def people_in(self, frames: torch.Tensor, frame: torch.Tensor, alignment: torch.Tensor,
+                  refine: int) -> dict[str, torch.Tensor]:
+        """Landmarks for people given by alignment points (R, 2, 2) in frames[frame], rerun `refine` times from the
+        net's own alignment points."""
+        found = self.run_landmarks(frames, self.rois(frame, alignment))
+        for _ in range(refine if len(frame) else 0):
+            found = self.run_landmarks(frames, self.rois(frame, found["alignment"]))
+        return found
+
+    def estimate(self, frames: torch.Tensor, content: torch.Tensor, chains: list[list[int]] | None = None
+                 ) -> list[People]:
+        """People in each frame.
+
+        Args:
+            frames: (B, S, S, 3) uint8 on the device; content: (B, 4) x0, y0, w, h of the picture in each frame
+                (corner coordinates; the rest is letterbox padding).
+            chains: frame indices of each video in order (a frame is in one chain); None: every frame alone, so every
+                frame is detected.
+        """
+        c = self.config
+        x = frames.permute(0, 3, 1, 2).float()                                  # (B, 3, S, S) 0..255
+        chains = chains if chains is not None else [[i] for i in range(len(frames))]
+        results: list[People | None] = [None] * len(frames)
+        previous: dict[int, tuple[People, bool]] = {}                           # chain -> last frame's people, lost
+        longest = max((len(chain) for chain in chains), default=0)
+        for step in range(longest):
+            active = [(k, chain[step]) for k, chain in enumerate(chains) if step < len(chain)]
+            detect = [f for k, f in active if step % c.detect_every == 0 or k not in previous
+                      or previous[k][1] or not len(previous[k][0].scores)]
+            detected = dict(zip(detect, self.detect(x[detect], content[detect]))) if detect else {}
+            frame_ids, alignment, from_detector = [], [], []
+            for k, f in active:
+                points = detected[f][1] if f in detected else previous[k][0].alignment
+                frame_ids += [f] * len(points)
+                alignment.append(points.reshape(-1, 2, 2))
+                from_detector += [f in detected] * len(points)
+            points = torch.from_numpy(np.concatenate(alignment)).to(self.device) if alignment else \
+                torch.zeros((0, 2, 2), device=self.device)
+            found = self.people_in(x, torch.tensor(frame_ids, device=self.device, dtype=torch.long), points,
+                                   refine=c.refine)
+            by_frame = self.split(found, np.array(frame_ids, np.int64), np.array(from_detector, bool),
+                                  [f for _, f in active])
+            for k, f in active:
+                people, lost = by_frame[f]
+                results[f] = people
+                previous[k] = (people, lost)
+        return results
+
+    @torch.inference_mode()
+    def estimate_in_boxes(self, frames: torch.Tensor, boxes: list[np.ndarray]) -> list[People]:
+        """One person per given box (e.g. ground truth), no detector: a first upright crop around the box, then
+        1 + `refine` crops from the landmark net's own alignment points. Keeps every box, whatever its presence.
+
+        Args:
+            frames: (B, S, S, 3) uint8; boxes: per frame (P, 4) x0, y0, w, h in frame corner coordinates.
+        """
+        frame = torch.from_numpy(np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)])).long()
+        b = torch.from_numpy(np.concatenate(boxes).reshape(-1, 4)).float()
+        rois = torch.stack([frame.float(), b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2,
+                            b[:, 2:].amax(-1) * self.config.roi_scale, torch.zeros(len(b))], dim=-1)
+        x = frames.permute(0, 3, 1, 2).float()
+        found = self.run_landmarks(x, rois.to(self.device))
+        found = self.people_in(x, frame.to(self.device), found["alignment"], refine=self.config.refine)
+        landmarks = found["landmarks"][:, self.coco].cpu().numpy()
+        landmarks[..., :2] -= 0.5
+        presence, alignment, frame = found["presence"].cpu().numpy(), found["alignment"].cpu().numpy(), frame.numpy()
+        return [People(landmarks[frame == i], presence[frame == i], alignment[frame == i]) for i in range(len(boxes))]
+
+    def split(self, found: dict[str, torch.Tensor], frame_ids: np.ndarray, from_detector: np.ndarray,
+              frames: list[int]) -> dict[int, tuple[People, bool]]:
+        """Per frame: the people kept (presence, then OKS duplicates) and whether a person followed from the
+        previous frame was lost (a detector candidate without a person is just a false detection)."""
+        landmarks = found["landmarks"][:, self.coco].cpu().numpy()              # (R, 17, 3) corner coordinates
+        landmarks[..., :2] -= 0.5                                               # -> pixel centres on integers
+        presence = found["presence"].cpu().numpy()
+        alignment = found["alignment"].cpu().numpy()
+        out = {}
+        for f in frames:
+            mine = np.flatnonzero(frame_ids == f)
+            absent = presence[mine] < self.config.presence_threshold
+            present = mine[~absent]
+            keep = present[oks_nms(landmarks[present], presence[present], self.config.oks_threshold)]
+            out[f] = (People(landmarks[keep], presence[keep], alignment[keep]),
+                      bool((absent & ~from_detector[mine]).any()))
+        return out
+
+
+def empty_people() -> People:
+    return People(np.zeros((0, NUM_KEYPOINTS, 3), np.float32), np.zeros(0, np.float32), np.zeros((0, 2, 2), np.float32))
