@@ -2,7 +2,10 @@
 
     python -m jobs.synth images --out DIR --num N --seed S [--size 256] [--background train] [--workers 8]
     python -m jobs.synth videos --out DIR --num N --seed S [--scenario cross] [--ext .mp4]
-    python -m jobs.synth sample --out DIR [--seed 0] [--num 4]
+    python -m jobs.synth sample --out DIR [--seed 0] [--num 4] [--no-photos]
+
+The sample archive also holds real people: `photos/`, two freely licensed photos animated into short clips
+(`pipeline/photos`), which the default (real-trained) model finds; the synthetic walkers come with ground truth.
 """
 
 import argparse
@@ -48,10 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     videos.add_argument("--ext", choices=sorted(CODECS), default=".mp4", help="container (picks the codec)")
     videos.add_argument("--background", default=None, choices=backgrounds)
 
-    sample = sub.add_parser("sample", help="the small sample archive (cam1/, cam2/ with mp4 + json)")
+    sample = sub.add_parser("sample", help="the small sample archive (cam1/, cam2/ synthetic with mp4 + json; "
+                                           "photos/ real people)")
     sample.add_argument("--out", required=True)
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--num", type=int, default=4, help="number of videos")
+    sample.add_argument("--num", type=int, default=4, help="number of synthetic videos")
+    sample.add_argument("--no-photos", dest="photos", action="store_false",
+                        help="leave out the clips of real people (photos/)")
     return parser
 
 
@@ -85,6 +91,10 @@ def _run(args: argparse.Namespace) -> None:
             logger.info("ground truth: %s", gt)
     else:
         paths = write_sample_archive(args.out, seed=args.seed, num_videos=args.num)
+        if args.photos:
+            from pipeline.photos import write_photo_clips
+
+            paths += write_photo_clips(os.path.join(args.out, "photos"))
         logger.info("sample archive: %d videos under %s", len(paths), args.out)
 
 
