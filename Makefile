@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast benchmark clean
+.PHONY: install models demo test test-fast benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,19 +16,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# the real-trained default weights: downloaded, checked and converted once into the model cache (~/.cache/posepipe);
+# later runs only check that the cached checkpoints are current
+models: $(STAMP)
+	$(BIN)/posepipe models fetch
 
-demo: $(STAMP)
+install: $(STAMP) models
+
+demo: install
 	$(BIN)/posepipe synth sample --out sample
 	$(BIN)/posepipe run --input sample --output output
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-benchmark: $(STAMP)
+benchmark: install
 	$(BIN)/posepipe benchmark
 
 clean:

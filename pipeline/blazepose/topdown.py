@@ -221,7 +221,7 @@ class TopDownPose:
         """Detector over every view of every frame; per frame (scores (D,), alignment points (D, 2, 2)).
 
         Args:
-            frames: (B, 3, S, S) float 0..255; content: (B, 4) picture inside each frame.
+            frames: (B, S, S, 3) uint8; content: (B, 4) picture inside each frame.
         """
         c = self.config
         views = detector_views(content, c.tiles, c.tile_fraction)                 # (B, V, 3)
@@ -244,8 +244,8 @@ class TopDownPose:
 
     @torch.inference_mode()
     def run_landmarks(self, frames: torch.Tensor, rois: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Landmark net on every ROI: one crop batch. Returns landmarks (R, 39, 3) x, y frame corner coordinates and
-        score, alignment (R, 2, 2) and presence (R,)."""
+        """Landmark net on every ROI of frames (B, S, S, 3) uint8: one crop batch. Returns landmarks (R, 39, 3) x, y
+        frame corner coordinates and score, alignment (R, 2, 2) and presence (R,)."""
         crops = sample_rois(frames, rois, CROP_SIZE, padding_mode="border") / 255.0   # (R, 3, 256, 256) in [0, 1]
         with self.autocast():
             out = self.landmarks(crops.contiguous(memory_format=torch.channels_last))
@@ -278,35 +278,36 @@ class TopDownPose:
             frames: (B, S, S, 3) uint8 on the device; content: (B, 4) x0, y0, w, h of the picture in each frame
                 (corner coordinates; the rest is letterbox padding).
             chains: frame indices of each video in order (a frame is in one chain); None: every frame alone, so every
-                frame is detected.
+                frame is detected. A chain is followed in runs of `detect_every` frames, the detector on the first
+                of each run and after a frame that lost someone; all runs advance together, one frame per step.
         """
         c = self.config
-        x = frames.permute(0, 3, 1, 2).float()                                  # (B, 3, S, S) 0..255
         chains = chains if chains is not None else [[i] for i in range(len(frames))]
+        runs = [chain[i:i + c.detect_every] for chain in chains for i in range(0, len(chain), c.detect_every)]
         results: list[People | None] = [None] * len(frames)
-        previous: dict[int, tuple[People, bool]] = {}                           # chain -> last frame's people, lost
-        longest = max((len(chain) for chain in chains), default=0)
-        for step in range(longest):
-            active = [(k, chain[step]) for k, chain in enumerate(chains) if step < len(chain)]
-            detect = [f for k, f in active if step % c.detect_every == 0 or k not in previous
-                      or previous[k][1] or not len(previous[k][0].scores)]
-            detected = dict(zip(detect, self.detect(x[detect], content[detect]))) if detect else {}
+        previous: dict[int, tuple[People, bool]] = {}                           # run -> last frame's people, lost
+        for step in range(max((len(run) for run in runs), default=0)):
+            active = [(k, run[step]) for k, run in enumerate(runs) if step < len(run)]
+            detect = [f for k, f in active if k not in previous or previous[k][1]]
+            detected = dict(zip(detect, self.detect(frames[detect], content[detect]))) if detect else {}
             frame_ids, alignment, from_detector = [], [], []
             for k, f in active:
                 points = detected[f][1] if f in detected else previous[k][0].alignment
                 frame_ids += [f] * len(points)
                 alignment.append(points.reshape(-1, 2, 2))
                 from_detector += [f in detected] * len(points)
-            points = torch.from_numpy(np.concatenate(alignment)).to(self.device) if alignment else \
-                torch.zeros((0, 2, 2), device=self.device)
-            found = self.people_in(x, torch.tensor(frame_ids, device=self.device, dtype=torch.long), points,
-                                   refine=c.refine)
-            by_frame = self.split(found, np.array(frame_ids, np.int64), np.array(from_detector, bool),
-                                  [f for _, f in active])
+            frame_ids, from_detector = np.array(frame_ids, np.int64), np.array(from_detector, bool)
+            points = torch.from_numpy(np.concatenate(alignment)).to(self.device)
+            found = self.run_landmarks(frames, self.rois(torch.from_numpy(frame_ids).to(self.device), points))
+            if c.refine and from_detector.any():    # followed people were cropped from landmarks already
+                again = torch.from_numpy(np.flatnonzero(from_detector)).to(self.device)
+                refined = self.people_in(frames, torch.from_numpy(frame_ids).to(self.device)[again],
+                                         found["alignment"][again], refine=c.refine - 1)
+                found = {key: value.index_copy(0, again, refined[key]) for key, value in found.items()}
+            by_frame = self.split(found, frame_ids, from_detector, [f for _, f in active])
             for k, f in active:
-                people, lost = by_frame[f]
-                results[f] = people
-                previous[k] = (people, lost)
+                results[f] = by_frame[f][0]
+                previous[k] = by_frame[f]
         return results
 
     @torch.inference_mode()
@@ -321,9 +322,8 @@ class TopDownPose:
         b = torch.from_numpy(np.concatenate(boxes).reshape(-1, 4)).float()
         rois = torch.stack([frame.float(), b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2,
                             b[:, 2:].amax(-1) * self.config.roi_scale, torch.zeros(len(b))], dim=-1)
-        x = frames.permute(0, 3, 1, 2).float()
-        found = self.run_landmarks(x, rois.to(self.device))
-        found = self.people_in(x, frame.to(self.device), found["alignment"], refine=self.config.refine)
+        found = self.run_landmarks(frames, rois.to(self.device))
+        found = self.people_in(frames, frame.to(self.device), found["alignment"], refine=self.config.refine)
         landmarks = found["landmarks"][:, self.coco].cpu().numpy()
         landmarks[..., :2] -= 0.5
         presence, alignment, frame = found["presence"].cpu().numpy(), found["alignment"].cpu().numpy(), frame.numpy()

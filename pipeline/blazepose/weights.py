@@ -32,7 +32,7 @@ from pipeline.blazepose.detector import INPUT_SIZE as DETECTOR_INPUT_SIZE, Perso
 from pipeline.blazepose.landmarks import INPUT_SIZE as CROP_SIZE, VARIANTS, LandmarkNet
 from pipeline.blazepose.topdown import COCO_FROM_BLAZEPOSE
 from pipeline.keypoints import KEYPOINT_NAMES, SKELETON
-from pipeline.storage import join
+from pipeline.storage import join, resolve, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +96,41 @@ def download_archive(folder: Path) -> Path:
     return target
 
 
+def cached_archive() -> Path:
+    """Where the package tarball is kept once fetched (the fidelity tests read the original graphs from it)."""
+    return cache_dir() / "archives" / ARCHIVE_URL.rsplit("/", 1)[1]
+
+
+def read_archive(archive: str | None = None) -> bytes:
+    """The package tarball's bytes: from `archive`, else the cached copy, else downloaded (and then cached).
+
+    Raises:
+        WeightsError: it cannot be obtained, or it is not the expected archive.
+    """
+    try:
+        if archive or cached_archive().is_file():
+            data = Path(archive or cached_archive()).read_bytes()
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                data = download_archive(Path(tmp)).read_bytes()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise WeightsError(f"could not obtain {PACKAGE}@{VERSION} ({exc}); download {ARCHIVE_URL} by hand and pass "
+                           f"it with --archive") from exc
+    if sha256(data) != ARCHIVE_SHA256:
+        raise WeightsError(f"{archive or 'the downloaded archive'} is not {PACKAGE}@{VERSION}: expected sha256 "
+                           f"{ARCHIVE_SHA256}, got {sha256(data)}")
+    if not cached_archive().is_file():
+        cached_archive().parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(*resolve(str(cached_archive())), data)
+    return data
+
+
 def read_graphs(archive: bytes, names: list[str]) -> dict[str, bytes]:
     """The graph files `names` from the archive's bytes, each checked against its sha256.
 
     Raises:
-        WeightsError: the archive or a graph is not the expected one.
+        WeightsError: a graph is not the expected one.
     """
-    if sha256(archive) != ARCHIVE_SHA256:
-        raise WeightsError(f"the weights archive is not {PACKAGE}@{VERSION}: expected sha256 {ARCHIVE_SHA256}, got "
-                           f"{sha256(archive)}; fetch it again with `posepipe models fetch`")
     graphs = {}
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         for name in names:
@@ -193,13 +219,7 @@ def fetch_models(variants: tuple[str, ...] = tuple(VARIANTS), out: str | None = 
             todo.append(variant)
     if not todo:
         return list(targets.values())
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            data = Path(archive).read_bytes() if archive else download_archive(Path(tmp)).read_bytes()
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise WeightsError(f"could not obtain {PACKAGE}@{VERSION} ({exc}); download {ARCHIVE_URL} by hand and "
-                               f"pass it with --archive") from exc
-    graphs = read_graphs(data, ["detector", *todo])
+    graphs = read_graphs(read_archive(archive), ["detector", *todo])
     detector = compact_state(convert_detector(graphs["detector"]))
     for variant in todo:
         landmarks = compact_state(convert_landmarks(graphs[variant], variant))

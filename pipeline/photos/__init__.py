@@ -20,23 +20,26 @@ PHOTOS = ("astronaut.png", "camera.png")
 FOLDER = Path(__file__).resolve().parent
 
 
-def pan_and_zoom(photo: np.ndarray, num_frames: int, size: tuple[int, int], zoom: tuple[float, float] = (1.0, 1.25)
-                 ) -> list[np.ndarray]:
-    """Frames (H, W, 3) of a window sliding and zooming over `photo`: from the whole width at zoom[0] to a closer
-    view at zoom[1], drifting from left to right."""
-    h, w = photo.shape[:2]
+def pan_and_zoom_matrices(shape: tuple[int, int], num_frames: int, size: tuple[int, int],
+                          zoom: tuple[float, float] = (1.0, 1.25)) -> list[np.ndarray]:
+    """Per frame, the (2, 3) affine map from photo pixels to frame pixels of a window sliding and zooming over a
+    photo of `shape` (H, W): from the whole width at zoom[0] to a closer view at zoom[1], drifting left to right."""
+    h, w = shape
     width, height = size
-    frames = []
+    matrices = []
     for t in np.linspace(0.0, 1.0, num_frames):
         zoom_t = zoom[0] + (zoom[1] - zoom[0]) * t
         view_w = min(w, h * width / height) / zoom_t                     # window keeping the output's aspect
-        view_h = view_w * height / width
-        cx = view_w / 2 + (w - view_w) * t
-        cy = h / 2
+        cx, cy = view_w / 2 + (w - view_w) * t, h / 2
         scale = width / view_w
-        matrix = np.array([[scale, 0, width / 2 - cx * scale], [0, scale, height / 2 - cy * scale]])
-        frames.append(cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
-    return frames
+        matrices.append(np.array([[scale, 0, width / 2 - cx * scale], [0, scale, height / 2 - cy * scale]]))
+    return matrices
+
+
+def pan_and_zoom(photo: np.ndarray, num_frames: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """The frames (H, W, 3) of `pan_and_zoom_matrices` over `photo`."""
+    return [cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            for matrix in pan_and_zoom_matrices(photo.shape[:2], num_frames, size)]
 
 
 def write_photo_clips(out_dir: str | Path, num_frames: int = 48, fps: float = 24.0,

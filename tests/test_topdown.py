@@ -1,0 +1,170 @@
+"""The default (top-down, real-trained) model on real people: photos shipped with posepipe, labelled by hand, as
+still images, as a COCO set for `posepipe evaluate`, and animated into videos with exactly known motion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.blazepose.topdown import TopDownConfig
+from pipeline.inference import PoseEstimator, TopDownModel, load_pose_model
+from pipeline.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
+from pipeline.photos import FOLDER, pan_and_zoom, pan_and_zoom_matrices
+from pipeline.preprocess import Letterbox
+
+REAL_DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "real-dev"
+# Read off the photos by eye (pixel centres), with how far a prediction may be (px, at 512x512): the face is sharp,
+# a shoulder under a space suit or a coat is a guess within its width.
+LABELS = {
+    "astronaut.png": {"nose": (219, 127), "left_eye": (246, 104), "right_eye": (198, 101)},
+    "camera.png": {"nose": (252, 165), "right_eye": (236, 147), "right_ear": (188, 142)},
+}
+TOLERANCE = {"nose": 10, "left_eye": 10, "right_eye": 10, "right_ear": 25}
+
+
+def read_photo(name: str) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(FOLDER / name)), cv2.COLOR_BGR2RGB)
+
+
+def frames_of(images: list[np.ndarray], size: int = 1024) -> tuple[np.ndarray, Letterbox]:
+    letterbox = Letterbox.fit(images[0].shape[1], images[0].shape[0], size)
+    return np.stack([letterbox.apply(image) for image in images]), letterbox
+
+
+@pytest.fixture(scope="module")
+def estimator() -> PoseEstimator:
+    """The default model as a run's inference actor holds it (model.checkpoint and precision defaults)."""
+    from pipeline.config import ModelSettings
+
+    settings = ModelSettings()
+    return PoseEstimator(settings.checkpoint, device="cpu", precision=settings.precision, threads=2)
+
+
+@pytest.mark.parametrize("name", sorted(LABELS))
+def test_the_default_model_finds_the_person_in_each_photo(estimator, name):
+    image = read_photo(name)
+    frames, letterbox = frames_of([image])
+    [(keypoints, scores)] = estimator.predict(frames, np.array([image.shape[1]]), np.array([image.shape[0]]))
+    assert isinstance(estimator.model, TopDownModel) and len(scores) >= 1
+    best = letterbox.to_image(keypoints[int(np.argmax(scores)), :, :2])         # (K, 2) photo pixels
+    for joint, expected in LABELS[name].items():
+        error = float(np.linalg.norm(best[KEYPOINT_INDEX[joint]] - expected))
+        assert error < TOLERANCE[joint], f"{name} {joint}: {error:.1f} px from the label"
+    assert np.all((keypoints[..., 2] >= 0) & (keypoints[..., 2] <= 1)) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_frames_without_people_give_no_rows_and_no_error(estimator):
+    n = 3
+    batch = {"video_id": np.array(["v"] * n, dtype=object), "frame_index": np.array([0, 1, -1]),
+             "timestamp_s": np.zeros(n), "width": np.array([640, 640, 0], np.int32),
+             "height": np.array([480, 480, 0], np.int32), "image": np.zeros((n, 1024, 1024, 3), np.uint8),
+             "is_end": np.array([False, False, True]), "num_frames": np.array([0, 0, 2]),
+             "error": np.array(["", "", ""], dtype=object)}
+    out = estimator(batch)
+    assert out["person_index"].tolist() == [-1, -1, -1] and out["error"].tolist() == ["", "", ""]
+
+
+def counting_detector(model: TopDownModel) -> list[int]:
+    """Record how many frames each detector call covers."""
+    calls: list[int] = []
+    detect = model.pose.detect
+    model.pose.detect = lambda frames, content: calls.append(len(frames)) or detect(frames, content)
+    return calls
+
+
+def test_videos_follow_people_between_detector_runs_and_detect_again_when_one_is_lost():
+    model, _ = load_pose_model("blazepose-heavy", torch.device("cpu"), "fp32", topdown=TopDownConfig(detect_every=4))
+    photo = read_photo("astronaut.png")
+    clip = pan_and_zoom(photo, 12, (480, 360))
+    frames, letterbox = frames_of(clip)
+    content = torch.tensor([[letterbox.pad_x, letterbox.pad_y, letterbox.resized_width, letterbox.resized_height]]
+                           * len(clip), dtype=torch.float32)
+    calls = counting_detector(model)
+    people = model.pose.estimate(torch.from_numpy(frames), content, [list(range(12))])
+    assert sum(calls) == 3                                                     # frames 0, 4 and 8 of 12
+    nose = KEYPOINT_INDEX["nose"]
+    for t, (found, matrix) in enumerate(zip(people, pan_and_zoom_matrices(photo.shape[:2], 12, (480, 360)))):
+        expected = matrix @ [*LABELS["astronaut.png"]["nose"], 1.0]
+        errors = np.linalg.norm(letterbox.to_image(found.keypoints[:, nose, :2]) - expected, axis=-1)
+        assert len(errors) and errors.min() < 12, f"frame {t}: nose {errors} px from where the camera moved it"
+
+    frames[5] = 0                                                              # the person vanishes for a frame
+    calls.clear()
+    people = model.pose.estimate(torch.from_numpy(frames), content, [list(range(12))])
+    assert len(people[5].scores) == 0 and len(people[6].scores) >= 1 and len(people[7].scores) >= 1
+    assert sum(calls) == 3 + 1                 # runs start at 0, 4, 8; frame 6 follows a frame that lost her
+
+
+def labelled_set(folder: Path) -> Path:
+    """The two photos as a COCO keypoint set with the hand labels (v = 2) and a box around each person."""
+    (folder / "images").mkdir(parents=True)
+    images, annotations = [], []
+    boxes = {"astronaut.png": [60, 20, 320, 492], "camera.png": [0, 60, 340, 452]}
+    for i, name in enumerate(sorted(LABELS), start=1):
+        (folder / "images" / name).write_bytes((FOLDER / name).read_bytes())
+        keypoints = np.zeros((NUM_KEYPOINTS, 3))
+        for joint, (x, y) in LABELS[name].items():
+            keypoints[KEYPOINT_INDEX[joint]] = (x, y, 2)
+        images.append({"id": i, "file_name": name, "width": 512, "height": 512})
+        annotations.append({"id": i, "image_id": i, "category_id": 1, "keypoints": keypoints.reshape(-1).tolist(),
+                            "num_keypoints": len(LABELS[name]), "bbox": boxes[name], "iscrowd": 0,
+                            "area": boxes[name][2] * boxes[name][3]})
+    (folder / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                         "categories": [{"id": 1, "name": "person"}]}))
+    return folder
+
+
+def test_evaluate_runs_the_default_model_end_to_end_and_with_ground_truth_boxes(tmp_path, capsys):
+    from jobs.evaluate import main
+
+    data = labelled_set(tmp_path / "photos")
+    assert main(["--data", str(data), "--save-results", str(tmp_path / "r.json")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert metrics["AP"] > 0.8 and metrics["people"] == 2 and len(results) == metrics["predictions"] >= 2
+    assert {r["image_id"] for r in results} == {1, 2} and all(len(r["keypoints"]) == 51 for r in results)
+    assert main(["--data", str(data), "--gt-boxes", "--by", "file_name"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["predictions"] == 2 and metrics["AP"] > 0.8
+    assert set(metrics["by_file_name"]) == set(LABELS)
+    assert main(["--data", str(data), "--checkpoint", "models/posepipe-synthetic.pt", "--gt-boxes"]) == 2
+    assert "top-down models only" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (REAL_DEV / "annotations.json").is_file(), reason="needs ../shared/real-dev (real photos)")
+def test_real_people_accuracy_of_the_default_model(capsys):
+    """OKS AP on real photos with COCO-17 truth (docs/real-people.md has the table: 0.44 fp32, 0.42-0.43 bf16)."""
+    from jobs.evaluate import main
+
+    assert main(["--data", str(REAL_DEV)]) == 0
+    assert json.loads(capsys.readouterr().out)["AP"] >= 0.40
+
+
+@pytest.mark.slow
+def test_a_run_on_videos_of_real_people_tracks_them_where_the_camera_moved_them(ray_local, tmp_path):
+    """The whole job, default config, on the clips `make demo` makes of the photos: each person is one track over
+    (nearly) every frame, the nose where the known pan and zoom put it."""
+    import pandas as pd
+
+    from jobs.run import load_run_config, parse_args, run
+    from pipeline.photos import write_photo_clips
+
+    write_photo_clips(tmp_path / "in" / "photos", num_frames=24)
+    summary = run(load_run_config(parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])))
+    assert summary.status == "clean" and summary.videos_ok == 2 and summary.frames == 48
+    frames = pd.read_parquet(tmp_path / "out" / "frames")
+    for name, labels in LABELS.items():
+        video = frames[frames.uri.str.endswith(Path(name).stem + ".mp4")]
+        tracked = video[video.track_id >= 0]
+        main_track = tracked.track_id.value_counts().idxmax()
+        person = tracked[tracked.track_id == main_track].set_index("frame_index").sort_index()
+        assert len(person) >= 22, f"{name}: the person's track covers {len(person)} of 24 frames"
+        matrices = pan_and_zoom_matrices((512, 512), 24, (480, 360))
+        expected = np.array([matrices[t] @ [*labels["nose"], 1.0] for t in person.index])
+        errors = np.linalg.norm(person[["nose_x", "nose_y"]].to_numpy() - expected, axis=-1)
+        assert np.median(errors) < 10, f"{name}: median nose error {np.median(errors):.1f} px"
