@@ -116,12 +116,14 @@ def write_benchmark_video(path: Path, seconds: float, width: int, height: int, f
 
 
 def benchmark_archive(cache_dir: Path, videos: int, seconds: float, width: int, height: int, fps: int = 30,
-                      preset: str = "fast") -> Path:
+                      preset: str = "fast", people: str = "synthetic") -> Path:
     """A folder of `videos` distinct benchmark videos (seeds 0..n-1), generated once into the cache and reused.
 
-    Video i is the same file in every archive of that size and length (hard links to one generated copy).
+    Video i is the same file in every archive of that size and length (hard links to one generated copy). `people`
+    is "synthetic" (rendered figures, `write_benchmark_video`) or "real" (the shipped photos of real people side by
+    side under a panning camera, `pipeline.photos.write_group_clip`: what the real-trained model finds).
     """
-    key = f"{width}x{height}-{seconds:g}s-{fps}fps"
+    key = f"{width}x{height}-{seconds:g}s-{fps}fps" + ("-real" if people == "real" else "")
     archive = cache_dir / "archives" / f"{key}-n{videos}"
     for seed in range(videos):
         target = archive / f"video{seed:03d}.mp4"
@@ -130,7 +132,14 @@ def benchmark_archive(cache_dir: Path, videos: int, seconds: float, width: int, 
         source = cache_dir / "videos" / key / f"video{seed:03d}.mp4"
         if not source.exists():
             logger.info("generating %s", source)
-            write_benchmark_video(source, seconds, width, height, fps, seed, preset)
+            if people == "real":
+                from pipeline.photos import write_group_clip
+
+                source.parent.mkdir(parents=True, exist_ok=True)
+                tmp = source.with_name(f".{source.stem}.{os.getpid()}.tmp.mp4")  # renamed once whole
+                write_group_clip(tmp, seconds, (width, height), fps, seed).replace(source)
+            else:
+                write_benchmark_video(source, seconds, width, height, fps, seed, preset)
         archive.mkdir(parents=True, exist_ok=True)
         try:
             os.link(source, target)
@@ -144,11 +153,19 @@ def archive_videos(archive: Path) -> list[Path]:
 
 
 def default_checkpoint(cache_dir: Path) -> tuple[str, bool]:
-    """The trained checkpoint when it exists, else a random-weights PoseNet of the default ModelConfig (cached).
+    """The run's default model when its weights are imported, else the synthetic-trained checkpoint, else a
+    random-weights PoseNet of the default ModelConfig (cached).
 
-    Returns (path, trained). Random weights give near-empty heatmaps, so grouping has little to do: the trained
-    model is the fair measurement of the peaks/grouping cost.
+    Returns (path, trained). Random weights give near-empty heatmaps, so grouping has little to do: a trained
+    model is the fair measurement of the people-finding cost.
     """
+    from pipeline.checkpoint import CheckpointError, resolve_checkpoint
+    from pipeline.config import ModelSettings
+
+    try:
+        return resolve_checkpoint(ModelSettings().checkpoint), True
+    except CheckpointError as exc:
+        logger.warning("%s; benchmarking the synthetic-trained model instead", exc)
     if TRAINED_CHECKPOINT.exists():
         return str(TRAINED_CHECKPOINT), True
     path = cache_dir / "random-posenet.pt"
@@ -252,11 +269,15 @@ def _cuda_sync(device) -> None:
 
 
 def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, threads: int | None,
-                 compile_model: bool, min_seconds: float, seed: int, frames: np.ndarray | None, barrier) -> dict:
-    """Time the inference actor's work on uint8 frames: the forward alone, and the whole `__call__`.
+                 compile_model: bool, min_seconds: float, seed: int, frames: np.ndarray | None, size: int,
+                 picture: tuple[int, int] | None, barrier) -> dict:
+    """Time the inference actor's work on uint8 frames: the model alone, and the whole `__call__`.
 
-    `frames` (B, S, S, 3) are decoded video frames, or None for random ones (a trained model finds no people in
-    noise, so random input leaves out most of the grouping cost; frames with people put it in).
+    The model alone is the network's forward on a normalised device tensor for a bottom-up model, and the whole
+    people finding (`PoseEstimator.predict`: detector, crops, landmark nets, decoding) for a top-down one.
+    `frames` (B, S, S, 3) are decoded video frames of pictures `picture` (width, height), or None for random ones
+    (a trained model finds no people in noise, so random input leaves out most of the people cost; frames with
+    people put it in).
 
     Both use the actor class itself, so its settings apply (threads, device, autocast, channels_last on cuda). The
     two steps alternate batch by batch, so a change in background load hits both alike. On cuda each step is also
@@ -267,25 +288,35 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
     """
     import torch
 
-    from pipeline.inference import PoseEstimator, run_network
+    from pipeline.inference import BottomUpModel, PoseEstimator, run_network
     from pipeline.preprocess import normalize
 
     estimator = PoseEstimator(checkpoint, device=device, precision=precision, threads=threads)
-    if compile_model:
-        estimator.model = torch.compile(estimator.model)
+    model, dev = estimator.model, estimator.device
     rng = np.random.default_rng(seed)
-    size, dev = estimator.size, estimator.device
     images = (rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8) if frames is None
               else np.resize(frames, (batch_size, size, size, 3)))            # (B, S, S, 3), repeated if short
+    width, height = picture or (size, size)
     batch = {"video_id": np.full(batch_size, "bench", dtype=object), "frame_index": np.arange(batch_size),
-             "timestamp_s": np.zeros(batch_size), "width": np.full(batch_size, size, np.int32),
-             "height": np.full(batch_size, size, np.int32), "image": images,
+             "timestamp_s": np.zeros(batch_size), "width": np.full(batch_size, width, np.int32),
+             "height": np.full(batch_size, height, np.int32), "image": images,
              "is_end": np.zeros(batch_size, bool), "num_frames": np.zeros(batch_size, np.int64),
              "error": np.full(batch_size, "", dtype=object)}
-    x = normalize(torch.from_numpy(images).to(dev), estimator.mean, estimator.std)  # (B, 3, S, S)
+    if isinstance(model, BottomUpModel):
+        if compile_model:
+            model.network = torch.compile(model.network)
+        x = normalize(torch.from_numpy(images).to(dev), model.mean, model.std)  # (B, 3, S, S)
 
-    def forward() -> None:
-        run_network(estimator.model, x, estimator.autocast, estimator.flip_test)  # as `predict` runs it
+        def forward() -> None:
+            run_network(model.network, x, model.dtype, model.flip_test)  # as `find_people` runs it
+    else:
+        if compile_model:
+            model.pose.detector, model.pose.landmarks = map(torch.compile, (model.pose.detector,
+                                                                            model.pose.landmarks))
+        chains = [list(range(batch_size))]                                  # one video, as a decoded batch is
+
+        def forward() -> None:
+            estimator.predict(images, batch["width"], batch["height"], chains)
 
     steps = {"forward": forward, "call": lambda: estimator(batch)}
     for _ in range(3 if compile_model else 2):  # warm-up: allocator, oneDNN/cudnn kernels, compilation
@@ -313,7 +344,7 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
                 phase["seconds"] += elapsed
                 phase["best"] = min(phase["best"], elapsed)
                 phase["cpu_s"] += time.process_time() - cpu
-    dtype = str(estimator.autocast or torch.float32).removeprefix("torch.")  # what `precision` resolved to here
+    dtype = str(estimator.model_dtype).removeprefix("torch.")  # what `precision` resolved to here
     return {**phases, "gpu_util": utilisation.get("mean"), "device": str(dev), "threads": torch.get_num_threads(),
             "dtype": dtype}
 
@@ -361,14 +392,20 @@ def video_frames(path: Path, size: int, count: int) -> np.ndarray:
 
 def raw_model_rates(checkpoint: str, batch_size: int, workers: int, threads: int | None, device: str = "auto",
                     precision: str = "auto", compile_model: bool = False, min_seconds: float = 5.0,
-                    frames: np.ndarray | None = None) -> tuple[Measurement, Measurement]:
+                    frames: np.ndarray | None = None, size: int | None = None,
+                    picture: tuple[int, int] | None = None) -> tuple[Measurement, Measurement]:
     """(forward only, whole actor call) frames/s of `workers` inference processes running side by side.
 
     The rate is the sum of the workers' own rates (frames / busy seconds); `extra.best_frames_per_s` is the rate of
     the fastest batch, an estimate of what an unloaded machine gives when other jobs share the CPU.
     """
-    args = [(checkpoint, batch_size, device, precision, threads, compile_model, min_seconds, seed, frames)
-            for seed in range(workers)]
+    if size is None:
+        from pipeline.checkpoint import read_metadata, resolve_checkpoint
+
+        size = frames.shape[1] if frames is not None else int(read_metadata(resolve_checkpoint(checkpoint))
+                                                               ["input_size"])
+    args = [(checkpoint, batch_size, device, precision, threads, compile_model, min_seconds, seed, frames, size,
+             picture) for seed in range(workers)]
     results = run_workers(model_worker, args)
     dev, thr, dtype = results[0]["device"], results[0]["threads"], results[0]["dtype"]
     source = "video" if frames is not None else "random"
@@ -641,8 +678,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--videos", type=int, default=20, help="videos in the benchmark archive (default 20)")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each video, seconds at 30 fps (default 2)")
     p.add_argument("--size", type=parse_size, default=(640, 360), help="video size WxH (default 640x360)")
-    p.add_argument("--checkpoint", help="model checkpoint (default: models/posepipe-synthetic.pt when present, "
-                                        "else a random-weights PoseNet of the default ModelConfig)")
+    p.add_argument("--checkpoint", help="model name or checkpoint (default: the run's default model when imported, "
+                                        "else models/posepipe-synthetic.pt, else a random-weights PoseNet)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16, model.batch_size)")
     p.add_argument("--batch-sizes", type=parse_int_list, help="also measure the raw model at these batch sizes")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -657,7 +694,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="raw model input: random uint8 frames, or frames of the first benchmark video (people in "
                         "view, so grouping does its real work)")
     p.add_argument("--model-seconds", type=float, default=5.0, help="minimum timed seconds per raw model phase")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: raw,pipeline,scaling,memory")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: raw,nets,pipeline,scaling,memory "
+                                              "(nets: the top-down model's detector and landmark nets alone)")
     p.add_argument("--variant", dest="variants", action="append", type=parse_variant, default=[],
                    metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                    help="a pipeline configuration to compare with the baseline, e.g. threads2=model.threads=2; "
@@ -672,19 +710,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, Any]]:
     """All measurements of one benchmark run, in order; returns the rows and the context (machine, options)."""
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.checkpoint import read_metadata, resolve_checkpoint
     from pipeline.config import RunConfig, load_config
 
     width, height = args.size
-    checkpoint, trained = (args.checkpoint, True) if args.checkpoint else default_checkpoint(args.cache_dir)
-    _, meta = load_checkpoint(checkpoint)
+    checkpoint, trained = (resolve_checkpoint(args.checkpoint), True) if args.checkpoint \
+        else default_checkpoint(args.cache_dir)
+    meta = read_metadata(checkpoint)
+    topdown = meta.get("kind") == "topdown"
     size = int(meta["input_size"])
-    archive = benchmark_archive(args.cache_dir, args.videos, args.seconds, width, height)
-    single = benchmark_archive(args.cache_dir, 1, args.seconds, width, height)
+    people = "real" if topdown else "synthetic"                    # footage the model can find people in
+    archive = benchmark_archive(args.cache_dir, args.videos, args.seconds, width, height, people=people)
+    single = benchmark_archive(args.cache_dir, 1, args.seconds, width, height, people=people)
     videos = archive_videos(archive)
     context = {"machine": machine_description(), "checkpoint": checkpoint, "trained_checkpoint": trained,
                "input_size": size, "archive": str(archive), "videos": len(videos), "video_size": f"{width}x{height}",
-               "seconds_per_video": args.seconds, "overrides": args.overrides}
+               "seconds_per_video": args.seconds, "overrides": args.overrides, "people": people}
     logger.info("benchmark on %s", context["machine"])
 
     # the pools the pipeline will use, resolved as jobs.run does (Ray is started here, once, for every run)
@@ -701,7 +742,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     try:
         model_frames = video_frames(videos[0], size, max(args.batch_sizes or [args.batch_size])) \
-            if args.model_input == "video" else None
+            if args.model_input == "video" or topdown else None
         if "raw" not in skip:
             sampling = dict(every_nth=config.decode.every_nth, target_fps=config.decode.fps,
                             max_frames=config.decode.max_frames)
@@ -709,7 +750,16 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
                                         config.decode.threads, sampling))
             for batch_size in dict.fromkeys([args.batch_size] + (args.batch_sizes or [])):
                 rows += raw_model_rates(checkpoint, batch_size, pools.infer, pools.threads, args.device,
-                                        args.precision, args.compile, args.model_seconds, model_frames)
+                                        args.precision, args.compile, args.model_seconds, model_frames, size,
+                                        (width, height))
+        if topdown and "nets" not in skip:
+            from jobs.benchmark_topdown import raw_net_rates
+            from pipeline.blazepose.weights import MODEL_NAMES, cached_checkpoint
+
+            variants = {v: str(cached_checkpoint(name)) for name, v in MODEL_NAMES.items()
+                        if cached_checkpoint(name).is_file()} or {meta["variant"]: checkpoint}
+            rows += raw_net_rates(variants, sorted({args.batch_size, *(args.batch_sizes or [])}), args.device,
+                                  args.precision, pools.threads or 1, args.compile, args.model_seconds / 2)
         if "pipeline" not in skip:
             rows.append(pipeline_run(single, base, "pipeline 1 video"))
             rows.append(pipeline_run(archive, base, "pipeline"))

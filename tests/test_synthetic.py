@@ -193,8 +193,10 @@ def test_cli_images_and_sample(tmp_path):
     assert len(json.loads((tmp_path / "img" / "annotations.json").read_text())["images"]) == 2
     assert synth_main(["sample", "--out", str(tmp_path / "sample"), "--num", "2"]) == 0
     videos = sorted(p.relative_to(tmp_path / "sample").as_posix() for p in (tmp_path / "sample").rglob("*.mp4"))
-    assert videos == ["cam1/clip_000.mp4", "cam2/clip_001.mp4"]
-    assert all((tmp_path / "sample" / v).with_suffix(".json").exists() for v in videos)
+    assert videos == ["cam1/clip_000.mp4", "cam2/clip_001.mp4", "photos/astronaut.mp4", "photos/camera.mp4"]
+    assert all((tmp_path / "sample" / v).with_suffix(".json").exists() for v in videos[:2])  # synthetic: ground truth
+    assert synth_main(["sample", "--out", str(tmp_path / "synthetic"), "--num", "1", "--no-photos"]) == 0
+    assert not (tmp_path / "synthetic" / "photos").exists()
 
 
 def test_webm_encodes_when_decord_was_loaded_first(tmp_path):

@@ -36,10 +36,11 @@ def pan_and_zoom_matrices(shape: tuple[int, int], num_frames: int, size: tuple[i
     return matrices
 
 
-def pan_and_zoom(photo: np.ndarray, num_frames: int, size: tuple[int, int]) -> list[np.ndarray]:
+def pan_and_zoom(photo: np.ndarray, num_frames: int, size: tuple[int, int],
+                 zoom: tuple[float, float] = (1.0, 1.25)) -> list[np.ndarray]:
     """The frames (H, W, 3) of `pan_and_zoom_matrices` over `photo`."""
     return [cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-            for matrix in pan_and_zoom_matrices(photo.shape[:2], num_frames, size)]
+            for matrix in pan_and_zoom_matrices(photo.shape[:2], num_frames, size, zoom)]
 
 
 def write_photo_clips(out_dir: str | Path, num_frames: int = 48, fps: float = 24.0,
@@ -53,3 +54,18 @@ def write_photo_clips(out_dir: str | Path, num_frames: int = 48, fps: float = 24
         photo = cv2.cvtColor(photo, cv2.COLOR_BGR2RGB)                   # the grey camera photo becomes 3 channels
         paths.append(encode_video(out / f"{Path(name).stem}.mp4", pan_and_zoom(photo, num_frames, size), fps, size))
     return paths
+
+
+def group_frames(num_frames: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
+    """Frames of real people side by side: the photos and their mirror images in a row (order by `seed`), seen by a
+    camera panning along it, about two people in view at 16:9, for benchmarks of multi-person footage."""
+    rng = np.random.default_rng(seed)
+    photos = [cv2.cvtColor(cv2.imread(str(FOLDER / name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for name in PHOTOS]
+    tiles = [p[:, ::-1] if mirrored else p for p in photos for mirrored in (False, True)]
+    strip = np.concatenate([tiles[i] for i in rng.permutation(len(tiles))], axis=1)   # (512, 2048, 3)
+    return pan_and_zoom(np.ascontiguousarray(strip), num_frames, size, zoom=(1.0, 1.0))
+
+
+def write_group_clip(path: str | Path, seconds: float, size: tuple[int, int], fps: int = 30, seed: int = 0) -> Path:
+    """An H.264 clip of `group_frames`."""
+    return encode_video(path, group_frames(max(1, round(seconds * fps)), size, seed), fps, size)

@@ -1,0 +1,128 @@
+"""Benchmark rows of the top-down model's nets: the detector and each landmark variant alone, in torch at the
+benchmark's batch sizes and under LiteRT (the reference runtime, one input per invoke), side by side on the same
+threads. Rates are inputs/s: detector views (224x224) and landmark crops (256x256, one per person).
+
+    raw detector          torch forward of B detector views (the actor batches every view of its frames)
+    raw landmarks NAME    torch forward of B crops of landmark net NAME (lite, full or heavy)
+    litert ...            the same .tflite graph under ai-edge-litert, when installed (a test dependency)
+
+Each net runs in its own spawned process (`run_workers`), as the raw model rows do.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from jobs.benchmark import Measurement, run_workers
+
+
+def net_inputs(net: str, batch: int, seed: int) -> np.ndarray:
+    """Real people as a net sees them: crops of the shipped photos, (B, S, S, 3) float in the net's range."""
+    import cv2
+
+    from pipeline.photos import FOLDER, PHOTOS
+
+    size = 224 if net == "detector" else 256
+    images = [cv2.resize(cv2.cvtColor(cv2.imread(str(FOLDER / name)), cv2.COLOR_BGR2RGB), (size, size))
+              for name in PHOTOS]
+    rng = np.random.default_rng(seed)
+    x = np.stack([images[i % len(images)] for i in rng.permutation(batch)]).astype(np.float32)
+    return x / 127.5 - 1.0 if net == "detector" else x / 255.0
+
+
+def torch_net_worker(checkpoint: str, net: str, batch: int, device: str, precision: str, threads: int,
+                     compile_model: bool, min_seconds: float, barrier) -> dict:
+    """Time the forward of one of the checkpoint's nets ("detector" or "landmarks") on batches of real crops."""
+    import torch
+
+    from pipeline.inference import load_pose_model, pick_device
+
+    torch.set_num_threads(threads)
+    dev = pick_device(device)
+    model, meta = load_pose_model(checkpoint, dev, precision)
+    module = model.pose.detector if net == "detector" else model.pose.landmarks
+    if compile_model:
+        module = torch.compile(module)
+    x = torch.from_numpy(net_inputs(net, batch, 0)).to(dev).permute(0, 3, 1, 2)
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.inference_mode(), model.pose.autocast():
+            module(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for _ in range(3 if compile_model else 2):
+        step()
+    barrier.wait()
+    return timed(step, batch, min_seconds) | {"variant": meta["variant"], "device": str(dev),
+                                              "dtype": str(model.pose.dtype or torch.float32).removeprefix("torch.")}
+
+
+def litert_worker(graph: bytes, net: str, threads: int, min_seconds: float, barrier) -> dict:
+    """Time LiteRT invokes of a .tflite graph, one real crop per invoke (the graphs take batch 1)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=graph, num_threads=threads)
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+    x = net_inputs(net, 1, 0)
+
+    def step() -> None:
+        interpreter.set_tensor(index, x)
+        interpreter.invoke()
+
+    step()
+    barrier.wait()
+    return timed(step, 1, min_seconds)
+
+
+def timed(step, batch: int, min_seconds: float) -> dict:
+    """Run `step` until `min_seconds` and at least 3 steps have passed; inputs, seconds and the best step."""
+    count, seconds, best = 0, 0.0, float("inf")
+    while count < 3 * batch or seconds < min_seconds:
+        begin = time.perf_counter()
+        step()
+        elapsed = time.perf_counter() - begin
+        count, seconds, best = count + batch, seconds + elapsed, min(best, elapsed)
+    return {"inputs": count, "seconds": seconds, "best": best}
+
+
+def net_row(name: str, config: str, result: dict, batch: int) -> Measurement:
+    row = Measurement(name, config, result["inputs"], result["seconds"])
+    row.extra["ms_per_input"] = 1e3 * result["seconds"] / result["inputs"]
+    row.extra["best_inputs_per_s"] = batch / result["best"]
+    row.note = f"{row.extra['ms_per_input']:.2f} ms per {'view' if 'detector' in name else 'crop'}"
+    return row
+
+
+def raw_net_rates(checkpoints: dict[str, str], batch_sizes: list[int], device: str, precision: str, threads: int,
+                  compile_model: bool = False, min_seconds: float = 3.0, litert: bool = True) -> list[Measurement]:
+    """Rows for the detector (of the first checkpoint) and every landmark variant in `checkpoints` (variant -> URI),
+    torch at each batch size and LiteRT at batch 1, on `threads` threads each."""
+    from pipeline.blazepose import weights
+
+    rows = []
+    graphs = None
+    if litert:
+        try:
+            import ai_edge_litert  # noqa: F401
+            graphs = weights.read_graphs(weights.read_archive(), ["detector", *checkpoints])
+        except (ImportError, weights.WeightsError) as exc:
+            rows.append(Measurement("litert", "skipped", 0, 0.0, note=f"LiteRT rows skipped: {exc}"))
+    nets = [("detector", next(iter(checkpoints.values())), "detector")] + \
+        [(f"landmarks {v}", uri, "landmarks") for v, uri in checkpoints.items()]
+    for name, uri, net in nets:
+        for batch in batch_sizes:
+            [result] = run_workers(torch_net_worker, [(uri, net, batch, device, precision, threads, compile_model,
+                                                       min_seconds)])
+            config = (f"B={batch}, {threads} thr, {result['device']} {result['dtype']}"
+                      f"{', compiled' if compile_model else ''}")
+            rows.append(net_row(f"raw {name}", config, result, batch))
+        if graphs is not None:
+            graph = graphs["detector" if net == "detector" else name.split()[-1]]
+            [result] = run_workers(litert_worker, [(graph, net, threads, min_seconds)])
+            rows.append(net_row(f"litert {name}", f"B=1, {threads} thr, cpu float32 (XNNPACK)", result, 1))
+    return rows
