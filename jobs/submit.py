@@ -139,6 +139,12 @@ def validate(args: argparse.Namespace) -> RunConfig:
     for uri in (config.input, config.output):
         if "://" not in uri or uri.startswith("file://"):
             logger.warning("%s is a local path: every node of the cluster must see it (a shared filesystem)", uri)
+    from pipeline.blazepose.weights import MODEL_NAMES
+
+    if config.model.checkpoint in MODEL_NAMES:
+        logger.info("model.checkpoint %s resolves in each node's model cache: the cluster's image imports it "
+                    "(infra/Dockerfile); elsewhere run `posepipe models fetch --out s3://BUCKET/models` and set "
+                    "model.checkpoint=s3://BUCKET/models/%s.pt", config.model.checkpoint, config.model.checkpoint)
     secrets = [k for k in config.storage_options if is_secret(k)]
     if secrets:
         logger.warning("storage_options %s travel in the job's entrypoint, readable in the Ray dashboard; prefer "

@@ -143,9 +143,9 @@ class ModelSettings(StrictModel):
     frame_size: PositiveInt | None = None        # frames are letterboxed to this square for the model; None: the
                                                  # checkpoint's (1024 for the imported top-down models)
     device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: cuda when the actor has a GPU, else cpu
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # autocast dtype; auto: bf16 where the device runs
-                                                 # it natively (GPUs, AMX/AVX512-BF16 CPUs), fp32 elsewhere; bf16
-                                                 # scores the test AP of fp32 (0.469 both, default checkpoint)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # autocast dtype; auto: fp32 for top-down models
+                                                 # (bf16 loses them accuracy), and for the bottom-up net bf16 where
+                                                 # the device runs it natively (GPUs, AMX/AVX512-BF16 CPUs)
     batch_size: PositiveInt = 16                 # frames per forward pass
     flip_test: bool = False                      # also run each frame mirrored and average (twice the model cost;
                                                  # more accurate keypoints, see models/posepipe-synthetic.md)

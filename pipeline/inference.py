@@ -222,8 +222,9 @@ def load_pose_model(checkpoint: str, device: torch.device, precision: str = "aut
     uri = resolve_checkpoint(checkpoint)
     payload = load_payload(uri, "cpu", storage_options)
     metadata = payload_metadata(payload, uri)
-    dtype = autocast_dtype(precision, device)
     if metadata.get("kind", BOTTOM_UP) == TopDownModel.kind:
+        # auto stays fp32 here: bf16 cost the imported nets 0.03 OKS AP on real photos (docs/real-people.md)
+        dtype = None if precision == "auto" else autocast_dtype(precision, device)
         if flip_test:
             raise ValueError("model.flip_test applies to the bottom-up model only; the top-down model has no flip test")
         try:
@@ -233,7 +234,7 @@ def load_pose_model(checkpoint: str, device: torch.device, precision: str = "aut
                                   f"import it again with `posepipe models fetch --force`") from exc
         return TopDownModel(detector, landmarks, device, dtype, topdown), metadata
     network = model_from_payload(payload, uri).to(device)
-    return BottomUpModel(network, metadata, device, dtype, grouping, flip_test), metadata
+    return BottomUpModel(network, metadata, device, autocast_dtype(precision, device), grouping, flip_test), metadata
 
 
 def picture_boxes(widths: np.ndarray, heights: np.ndarray, size: int) -> np.ndarray:

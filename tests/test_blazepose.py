@@ -250,6 +250,6 @@ def test_config_rejects_values_out_of_range():
     from pipeline.blazepose.topdown import TopDownConfig
 
     with pytest.raises(ValueError, match="tiles"):
-        TopDownConfig(tiles=1)
+        TopDownConfig(tiles=((1, 0.5, 1.0),))
     with pytest.raises(ValueError, match="presence_threshold"):
         TopDownConfig(presence_threshold=2.0)

@@ -41,8 +41,11 @@ HIP_CENTRE, ABOVE_HEAD = 33, 34      # the landmark net's alignment points (auxi
 class TopDownConfig:
     detector_threshold: float = 0.5    # detector score (sigmoid) for a candidate person
     nms_threshold: float = 0.3         # IoU of the detector's face boxes above which candidates merge (weighted NMS)
-    tiles: int = 2                     # the detector also runs on tiles x tiles overlapping crops (0: whole frame)
-    tile_fraction: float = 0.6         # a tile's side, as a fraction of the frame's
+    tiles: tuple[tuple[int, float, float], ...] = ((2, 0.6, 100.0), (3, 0.4, 0.6))  # grids of n x n overlapping
+                                       # tiles the detector also runs on, per (n, fraction of the frame, largest): a
+                                       # tile keeps the people whose crop is at most `largest` x its side, so the fine
+                                       # grid adds small people only (large ones are seen whole by coarser views);
+                                       # () for the whole frame only
     max_people: int = 32               # per frame, highest detector scores first
     roi_scale: float = 1.25            # crop side = 2 x alignment distance x roi_scale (MediaPipe's)
     refine: int = 1                    # times to crop again from the landmark net's alignment points and rerun it
@@ -52,12 +55,14 @@ class TopDownConfig:
     detect_every: int = 4              # in a video, frames between detector runs (1: every frame)
 
     def __post_init__(self):
-        for name in ("detector_threshold", "nms_threshold", "tile_fraction", "presence_threshold", "oks_threshold"):
+        for name in ("detector_threshold", "nms_threshold", "presence_threshold", "oks_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"expected {name} in [0, 1], got {getattr(self, name)}")
-        if self.tiles < 0 or self.tiles == 1 or self.max_people < 1 or self.detect_every < 1 or self.refine < 0:
-            raise ValueError(f"expected tiles 0 or >= 2, max_people >= 1, detect_every >= 1 and refine >= 0, got "
-                             f"{self.tiles}, {self.max_people}, {self.detect_every}, {self.refine}")
+        if any(n < 2 or not 0 < fraction < 1 or largest <= 0 for n, fraction, largest in self.tiles):
+            raise ValueError(f"expected tiles as (n >= 2, 0 < fraction < 1, largest > 0), got {self.tiles}")
+        if self.max_people < 1 or self.detect_every < 1 or self.refine < 0:
+            raise ValueError(f"expected max_people >= 1, detect_every >= 1 and refine >= 0, got "
+                             f"{self.max_people}, {self.detect_every}, {self.refine}")
 
 
 @dataclass
@@ -69,23 +74,25 @@ class People:
     alignment: np.ndarray     # (P, 2, 2) hip centre and above-head points, frame corner coordinates (next crop)
 
 
-def detector_views(content: torch.Tensor, tiles: int, fraction: float) -> torch.Tensor:
-    """The squares the detector looks at in each frame: the whole content, then tiles x tiles overlapping tiles,
+def detector_views(content: torch.Tensor, tiles: tuple[tuple[int, float, float], ...]) -> torch.Tensor:
+    """The squares the detector looks at in each frame: the whole content, then each grid of n x n overlapping tiles,
     each letterboxed (a square of the longer side, centred).
 
     Args:
         content: (B, 4) x0, y0, w, h of each frame's picture inside the square frame tensor (corner coordinates).
     Returns:
-        (B, V, 3) x0, y0, side.
+        (B, V, 4) x0, y0, side and the largest person crop it keeps, as a fraction of its side (whole view: inf).
     """
     x0, y0, w, h = content.unbind(-1)
-    views = [(x0 + w / 2, y0 + h / 2, torch.maximum(w, h))]
-    for i in range(tiles):
-        for j in range(tiles):
-            tw, th = w * fraction, h * fraction
-            cx, cy = x0 + tw / 2 + j * (w - tw) / (tiles - 1), y0 + th / 2 + i * (h - th) / (tiles - 1)
-            views.append((cx, cy, torch.maximum(tw, th)))
-    return torch.stack([torch.stack([cx - s / 2, cy - s / 2, s], dim=-1) for cx, cy, s in views], dim=1)
+    views = [(x0 + w / 2, y0 + h / 2, torch.maximum(w, h), float("inf"))]
+    for n, fraction, largest in tiles:
+        tw, th = w * fraction, h * fraction
+        for i in range(n):
+            for j in range(n):
+                cx, cy = x0 + tw / 2 + j * (w - tw) / (n - 1), y0 + th / 2 + i * (h - th) / (n - 1)
+                views.append((cx, cy, torch.maximum(tw, th), largest))
+    return torch.stack([torch.stack([cx - s / 2, cy - s / 2, s, torch.full_like(s, largest)], dim=-1)
+                        for cx, cy, s, largest in views], dim=1)
 
 
 def decode_detections(scores: torch.Tensor, boxes: torch.Tensor, anchors: torch.Tensor, views: torch.Tensor,
@@ -224,15 +231,19 @@ class TopDownPose:
             frames: (B, S, S, 3) uint8; content: (B, 4) picture inside each frame.
         """
         c = self.config
-        views = detector_views(content, c.tiles, c.tile_fraction)                 # (B, V, 3)
+        views = detector_views(content, c.tiles)                                  # (B, V, 4)
         b, v = views.shape[:2]
-        flat = views.reshape(b * v, 3)
+        flat = views.reshape(b * v, 4)
         rois = torch.cat([torch.arange(b, device=frames.device).repeat_interleave(v)[:, None].float(),
-                          flat[:, :2] + flat[:, 2:] / 2, flat[:, 2:], torch.zeros_like(flat[:, :1])], dim=-1)
+                          flat[:, :2] + flat[:, 2:3] / 2, flat[:, 2:3], torch.zeros_like(flat[:, :1])], dim=-1)
         x = sample_rois(frames, rois, det.INPUT_SIZE) / 127.5 - 1.0               # (B*V, 3, 224, 224) in [-1, 1]
         with self.autocast():
             scores, boxes = self.detector(x.contiguous(memory_format=torch.channels_last))
-        view, prob, box, keypoints = decode_detections(scores, boxes, self.anchors, flat, c.detector_threshold)
+        view, prob, box, keypoints = decode_detections(scores, boxes, self.anchors, flat[:, :3],
+                                                       c.detector_threshold)
+        crop_side = 2 * c.roi_scale * torch.linalg.vector_norm(keypoints[:, 1] - keypoints[:, 0], dim=-1)
+        fits = crop_side <= flat[view, 3] * flat[view, 2]
+        view, prob, box, keypoints = view[fits], prob[fits], box[fits], keypoints[fits]
         frame = (view // v).cpu().numpy()
         prob, box, keypoints = prob.cpu().numpy(), box.cpu().numpy(), keypoints.cpu().numpy()
         out = []
