@@ -95,7 +95,7 @@ def decode_heatmaps_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.T
     heatmaps = heatmaps.float()
     width = heatmaps.shape[-1]
     score, index = heatmaps.flatten(2).max(dim=2)  # (B, K), (B, K)
-    xy = _refine_peaks(heatmaps, (index % width)[..., None], (index // width)[..., None])  # (B, K, 1, 2)
+    xy = refine_peaks(heatmaps, (index % width)[..., None], (index // width)[..., None])  # (B, K, 1, 2)
     return xy[..., 0, :], score
 
 
@@ -126,7 +126,7 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float = 0.1, max_peaks: int = 
     candidates = torch.where(is_peak, heatmaps, torch.full_like(heatmaps, -1.0)).flatten(2)  # (B, K, H*W)
     score, index = candidates.topk(min(max_peaks, height * width), dim=2)  # (B, K, m), descending
     valid = score > threshold  # (B, K, m)
-    xy = _refine_peaks(heatmaps, index % width, index // width)  # (B, K, m, 2)
+    xy = refine_peaks(heatmaps, index % width, index // width)  # (B, K, m, 2)
     peaks = torch.cat([xy, score[..., None]], dim=-1)  # (B, K, m, 3)
     padding = torch.tensor([float("nan"), float("nan"), 0.0], device=heatmaps.device)
     peaks = torch.where(valid[..., None], peaks, padding)
@@ -180,13 +180,13 @@ def box_maxima(heatmaps: torch.Tensor, image_index: torch.Tensor, boxes: torch.T
         & ((xs >= boxes[:, 0, None]) & (xs <= boxes[:, 2, None]))[:, None, :]  # (N, H, W)
     masked = torch.where(inside[:, None], maps, torch.full_like(maps, float("-inf"))).flatten(2)  # (N, K, H*W)
     value, index = masked.max(dim=2)  # (N, K)
-    xy = _refine_peaks(maps, (index % width)[..., None], (index // width)[..., None])[:, :, 0]  # (N, K, 2)
+    xy = refine_peaks(maps, (index % width)[..., None], (index // width)[..., None])[:, :, 0]  # (N, K, 2)
     out = torch.cat([xy, value[..., None]], dim=-1)  # (N, K, 3)
     empty = ~inside.flatten(1).any(dim=1)  # (N,)
     return torch.where(empty[:, None, None], torch.tensor([float("nan"), float("nan"), 0.0], device=out.device), out)
 
 
-def _refine_peaks(heatmaps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
+def refine_peaks(heatmaps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
     """Sub-pixel location of the maxima at integer pixels (ix, iy), each (B, K, M) long -> (B, K, M, 2) float32.
 
     Per axis, a parabola through the log-heatmap at three consecutive pixels; its vertex is exact for a Gaussian.

@@ -7,7 +7,7 @@ For a batch of frames (already letterboxed to a square, uint8, on the device):
 2. **Crop** a rotated square per person from the detector's alignment points (mid-hip -> above the head), all people of
    all frames in one `grid_sample` (`roi.sample_rois`), and run the landmark net once on them.
 3. **Refine** (optional): re-crop from the landmark net's own alignment points (landmarks 33/34) and run it again.
-4. **Decode** landmarks: sub-pixel refinement on the 64x64 heatmaps, back to frame pixels, BlazePose-33 -> COCO-17;
+4. **Decode** landmarks: sub-pixel peaks of the 64x64 heatmaps near them, back to frame pixels, BlazePose-33 -> COCO-17;
    drop crops whose presence is low and duplicates by OKS.
 
 In a video, `estimate` follows people instead of detecting every frame: frames of one video are chained in order, the
@@ -30,6 +30,7 @@ from pipeline.blazepose import detector as det
 from pipeline.blazepose.landmarks import INPUT_SIZE as CROP_SIZE
 from pipeline.blazepose.layers import Float32
 from pipeline.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
+from pipeline.heatmaps import refine_peaks
 from pipeline.keypoints import NUM_KEYPOINTS, OKS_SIGMAS
 
 # BlazePose landmark for each COCO-17 keypoint (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)
@@ -49,7 +50,7 @@ class TopDownConfig:
     max_people: int = 32               # per frame, highest detector scores first
     roi_scale: float = 1.25            # crop side = 2 x alignment distance x roi_scale (MediaPipe's)
     refine: int = 1                    # times to crop again from the landmark net's alignment points and rerun it
-    heatmap_refine: bool = True        # move each landmark to the weighted mean of its heatmap's 7x7 window
+    heatmap_refine: bool = True        # move each landmark to its heatmap's sub-pixel peak within a 7x7 window
     presence_threshold: float = 0.5    # landmark net's person presence below which a crop holds no person
     oks_threshold: float = 0.7         # people of one frame whose keypoints overlap more (OKS) are one person
     detect_every: int = 4              # in a video, frames between detector runs (1: every frame)
@@ -146,8 +147,12 @@ def weighted_nms(scores: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray, t
 
 def refine_from_heatmaps(xy: torch.Tensor, heatmaps: torch.Tensor, kernel: int = 7,
                          min_confidence: float = 0.5) -> torch.Tensor:
-    """MediaPipe's RefineLandmarksFromHeatmap: each landmark moves to the sigmoid-weighted mean position of the
-    `kernel` x `kernel` heatmap window around it, where the window's peak confidence reaches `min_confidence`.
+    """Move each landmark to the sub-pixel peak of its heatmap near it: the highest pixel of the `kernel` x `kernel`
+    window around the regressed point, refined by posepipe's own peak decoding (a parabola through the log-heatmap,
+    `heatmaps.refine_peaks`), where that peak's confidence (sigmoid) reaches `min_confidence`.
+
+    MediaPipe's RefineLandmarksFromHeatmap takes the window's weighted mean instead; the peak scored higher on
+    real-dev (docs/real-people.md). Heatmap pixel j maps to crop pixel stride * j, as MediaPipe maps it.
 
     Args:
         xy: (R, L, 2) crop pixels (0..256); heatmaps: (R, L, h, w) logits.
@@ -158,19 +163,17 @@ def refine_from_heatmaps(xy: torch.Tensor, heatmaps: torch.Tensor, kernel: int =
     stride = CROP_SIZE / w
     centre = torch.floor(xy / stride).long()                                   # (R, L, 2) col, row
     offsets = torch.arange(kernel, device=xy.device) - (kernel - 1) // 2
-    cols = centre[..., 0, None, None] + offsets[None, :]                       # (R, L, 1, k)
-    rows = centre[..., 1, None, None] + offsets[:, None]                       # (R, L, k, 1)
-    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)               # (R, L, k, k)
-    index = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1))                  # (R, L, k, k)
-    confidence = torch.sigmoid(heatmaps.float().flatten(2).gather(2, index.flatten(2)).view(r, n, kernel, kernel))
-    confidence = confidence * inside
-    total = confidence.sum((-1, -2))                                           # (R, L)
-    mean_col = (confidence * cols).sum((-1, -2)) / total.clamp_min(1e-9)
-    mean_row = (confidence * rows).sum((-1, -2)) / total.clamp_min(1e-9)
-    refined = torch.stack([mean_col, mean_row], dim=-1) * stride
-    centre_inside = ((centre >= 0) & (centre < torch.tensor([w, h], device=xy.device))).all(-1)
-    use = centre_inside & (confidence.amax((-1, -2)) >= min_confidence) & (total > 0)
-    return torch.where(use[..., None], refined, xy)
+    cols = (centre[..., 0, None, None] + offsets[None, :]).expand(r, n, kernel, kernel)  # (R, L, k, k)
+    rows = (centre[..., 1, None, None] + offsets[:, None]).expand(r, n, kernel, kernel)
+    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    confidence = torch.sigmoid(heatmaps.float())                               # (R, L, h, w)
+    window = confidence.flatten(2).gather(2, (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).flatten(2))
+    window = window * inside.flatten(2)                                        # (R, L, k*k)
+    best = window.argmax(-1, keepdim=True)                                     # (R, L, 1)
+    ix, iy = cols.flatten(2).gather(2, best).clamp(0, w - 1), rows.flatten(2).gather(2, best).clamp(0, h - 1)
+    peak = refine_peaks(confidence, ix, iy)[:, :, 0] * stride                  # (R, L, 2)
+    use = window.amax(-1) >= min_confidence
+    return torch.where(use[..., None], peak, xy)
 
 
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
