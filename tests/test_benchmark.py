@@ -125,3 +125,18 @@ def test_runs_wait_for_the_actors_of_the_previous_run_to_exit():
     finally:
         actor.kill()
         actor.wait()
+
+
+def test_topdown_net_rows_time_each_net_in_torch_and_litert():
+    """The imported model's nets alone: torch at the given batch sizes and LiteRT at batch 1, on real crops."""
+    from jobs.benchmark_topdown import raw_net_rates
+    from pipeline.checkpoint import resolve_checkpoint
+
+    rows = raw_net_rates({"lite": resolve_checkpoint("blazepose-lite")}, [1, 2], device="cpu", precision="fp32",
+                         threads=1, min_seconds=0.05)
+    names = [(row.measurement, row.config.split(",")[0]) for row in rows]
+    assert names == [("raw detector", "B=1"), ("raw detector", "B=2"), ("litert detector", "B=1"),
+                     ("raw landmarks lite", "B=1"), ("raw landmarks lite", "B=2"), ("litert landmarks lite", "B=1")]
+    for row in rows:
+        assert row.frames >= 3 and row.frames_per_s > 0 and row.extra["ms_per_input"] > 0
+        assert ("float32" in row.config) and ("1 thr" in row.config)
