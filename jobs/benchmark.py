@@ -302,17 +302,14 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
              "height": np.full(batch_size, height, np.int32), "image": images,
              "is_end": np.zeros(batch_size, bool), "num_frames": np.zeros(batch_size, np.int64),
              "error": np.full(batch_size, "", dtype=object)}
+    if compile_model:
+        model.compile()
     if isinstance(model, BottomUpModel):
-        if compile_model:
-            model.network = torch.compile(model.network)
         x = normalize(torch.from_numpy(images).to(dev), model.mean, model.std)  # (B, 3, S, S)
 
         def forward() -> None:
             run_network(model.network, x, model.dtype, model.flip_test)  # as `find_people` runs it
     else:
-        if compile_model:
-            model.pose.detector, model.pose.landmarks = map(torch.compile, (model.pose.detector,
-                                                                            model.pose.landmarks))
         chains = [list(range(batch_size))]                                  # one video, as a decoded batch is
 
         def forward() -> None:

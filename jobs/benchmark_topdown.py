@@ -42,9 +42,9 @@ def torch_net_worker(checkpoint: str, net: str, batch: int, device: str, precisi
     torch.set_num_threads(threads)
     dev = pick_device(device)
     model, meta = load_pose_model(checkpoint, dev, precision)
-    module = model.pose.detector if net == "detector" else model.pose.landmarks
     if compile_model:
-        module = torch.compile(module)
+        model.compile()
+    module = model.pose.detector if net == "detector" else model.pose.landmarks
     x = torch.from_numpy(net_inputs(net, batch, 0)).to(dev).permute(0, 3, 1, 2)
     x = x.contiguous(memory_format=torch.channels_last)
 

@@ -232,6 +232,7 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
         fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
                                    precision=config.model.precision, flip_test=config.model.flip_test,
                                    grouping=config.grouping, topdown=config.topdown, threads=pools.threads,
+                                   compile_model=config.model.compile,
                                    storage_options=config.storage_options))
     return ds
 

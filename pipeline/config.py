@@ -147,6 +147,9 @@ class ModelSettings(StrictModel):
                                                  # (bf16 loses them accuracy), and for the bottom-up net bf16 where
                                                  # the device runs it natively (GPUs, AMX/AVX512-BF16 CPUs)
     batch_size: PositiveInt = 16                 # frames per forward pass
+    compile: bool = False                        # torch.compile the nets in each inference actor: about a minute of
+                                                 # compiling when an actor starts, then 1.5-2x faster on a CPU
+                                                 # (docs/performance.md); worth it for long archives
     flip_test: bool = False                      # also run each frame mirrored and average (twice the model cost;
                                                  # more accurate keypoints, see models/posepipe-synthetic.md)
     workers: PositiveInt | None = None           # inference actors; None: one per GPU, else half the CPUs

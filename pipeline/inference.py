@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from pipeline.blazepose.topdown import TopDownConfig, TopDownPose
-from pipeline.blazepose.weights import build_modules
+from pipeline.blazepose.weights import CHECKPOINT_KIND, build_modules
 from pipeline.checkpoint import (BOTTOM_UP, CheckpointError, load_payload, model_from_payload, payload_metadata,
                                  resolve_checkpoint)
 from pipeline.grouping import GroupingConfig, group_people_batch
@@ -164,7 +164,7 @@ def missing_keypoints(n: int) -> np.ndarray:
     return out
 
 
-People = list[tuple[np.ndarray, np.ndarray]]  # per frame: keypoints (P, K, 3) in input pixels, person scores (P,)
+PeoplePerFrame = list[tuple[np.ndarray, np.ndarray]]  # keypoints (P, K, 3) in input pixels, person scores (P,)
 
 
 class BottomUpModel:
@@ -180,8 +180,11 @@ class BottomUpModel:
         self.mean, self.std = tuple(metadata.get("mean", IMAGE_MEAN)), tuple(metadata.get("std", IMAGE_STD))
         self.stride = int(getattr(network, "stride", 4))
 
+    def compile(self) -> None:
+        self.network = torch.compile(self.network)
+
     def find_people(self, frames: torch.Tensor, content: torch.Tensor | None = None,
-                    chains: list[list[int]] | None = None) -> People:
+                    chains: list[list[int]] | None = None) -> PeoplePerFrame:
         """uint8 frames (B, S, S, 3) on the device -> people per frame, in input pixels."""
         x = normalize(frames, self.mean, self.std)                                  # (B, 3, S, S)
         heatmaps, pafs = run_network(self.network, x, self.dtype, self.flip_test)   # (B, K, h, w), (B, 2L, h, w)
@@ -195,15 +198,20 @@ class BottomUpModel:
 class TopDownModel:
     """An imported top-down model (`pipeline.blazepose`): a person detector and a landmark net on crops."""
 
-    kind = "topdown"
+    kind = CHECKPOINT_KIND
 
     def __init__(self, detector: nn.Module, landmarks: nn.Module, device: torch.device, dtype: torch.dtype | None,
                  config: TopDownConfig = TopDownConfig()):
         prepare = lambda m: m.to(device).eval().to(memory_format=torch.channels_last)  # noqa: E731
         self.pose = TopDownPose(prepare(detector), prepare(landmarks), config, dtype)
 
+    def compile(self) -> None:
+        """torch.compile both nets; crop batches vary in size, so the batch dimension becomes dynamic after the
+        second size seen (two recompiles, then every size runs compiled)."""
+        self.pose.detector, self.pose.landmarks = torch.compile(self.pose.detector), torch.compile(self.pose.landmarks)
+
     def find_people(self, frames: torch.Tensor, content: torch.Tensor,
-                    chains: list[list[int]] | None = None) -> People:
+                    chains: list[list[int]] | None = None) -> PeoplePerFrame:
         """uint8 frames (B, S, S, 3) on the device, the picture's box in each (B, 4) x0, y0, w, h, and the frames of
         each video in order -> people per frame, in input pixels."""
         return [(p.keypoints, p.scores) for p in self.pose.estimate(frames, content, chains)]
@@ -223,7 +231,7 @@ def load_pose_model(checkpoint: str, device: torch.device, precision: str = "aut
     payload = load_payload(uri, "cpu", storage_options)
     metadata = payload_metadata(payload, uri)
     if metadata.get("kind", BOTTOM_UP) == TopDownModel.kind:
-        # auto stays fp32 here: bf16 cost the imported nets 0.03 OKS AP on real photos (docs/real-people.md)
+        # auto stays fp32 here: bf16 cost the imported nets 0.01-0.04 OKS AP on real photos (docs/real-people.md)
         dtype = None if precision == "auto" else autocast_dtype(precision, device)
         if flip_test:
             raise ValueError("model.flip_test applies to the bottom-up model only; the top-down model has no flip test")
@@ -272,7 +280,7 @@ class PoseEstimator:
     def __init__(self, checkpoint: str, device: str = "auto", precision: str = "fp32",
                  grouping: GroupingConfig = GroupingConfig(), threads: int | None = None,
                  storage_options: dict[str, Any] | None = None, flip_test: bool = False,
-                 topdown: TopDownConfig = TopDownConfig()):
+                 topdown: TopDownConfig = TopDownConfig(), compile_model: bool = False):
         if threads:
             torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
         self.device = pick_device(device)
@@ -280,6 +288,8 @@ class PoseEstimator:
             keep_freed_memory()
         self.model, meta = load_pose_model(checkpoint, self.device, precision, grouping, topdown, flip_test,
                                            storage_options)
+        if compile_model:
+            self.model.compile()
         logger.info("%s pose model on %s (%s -> %s%s)", self.model.kind, self.device, precision,
                     str(self.model_dtype).removeprefix("torch."), ", flip test" * flip_test)
 
@@ -289,7 +299,7 @@ class PoseEstimator:
         return dtype or torch.float32
 
     def predict(self, images: np.ndarray, widths: np.ndarray | None = None, heights: np.ndarray | None = None,
-                chains: list[list[int]] | None = None) -> People:
+                chains: list[list[int]] | None = None) -> PeoplePerFrame:
         """uint8 (B, S, S, 3) letterboxed frames of pictures widths x heights (default: filling the frame) ->
         per frame (keypoints (P, K, 3) in input pixels, scores (P,))."""
         size = images.shape[1]

@@ -168,3 +168,16 @@ def test_a_run_on_videos_of_real_people_tracks_them_where_the_camera_moved_them(
         expected = np.array([matrices[t] @ [*labels["nose"], 1.0] for t in person.index])
         errors = np.linalg.norm(person[["nose_x", "nose_y"]].to_numpy() - expected, axis=-1)
         assert np.median(errors) < 10, f"{name}: median nose error {np.median(errors):.1f} px"
+
+
+@pytest.mark.slow
+def test_compiled_nets_find_the_same_people():
+    """model.compile: torch.compile on both nets gives the eager model's people (to rounding)."""
+    image = read_photo("astronaut.png")
+    frames, _ = frames_of([image, image[:, ::-1].copy()])
+    size = np.array([image.shape[1]] * 2)
+    eager = PoseEstimator("blazepose-lite", device="cpu", precision="fp32", threads=2)
+    compiled = PoseEstimator("blazepose-lite", device="cpu", precision="fp32", threads=2, compile_model=True)
+    for (kp, scores), (kp_c, scores_c) in zip(eager.predict(frames, size, size), compiled.predict(frames, size, size)):
+        assert len(scores) == len(scores_c) >= 1
+        np.testing.assert_allclose(kp_c, kp, atol=0.5)

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.blazepose import detector as det
 from pipeline.blazepose.landmarks import INPUT_SIZE as CROP_SIZE
 from pipeline.blazepose.layers import Float32
 from pipeline.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
 from pipeline.heatmaps import refine_peaks
-from pipeline.keypoints import NUM_KEYPOINTS, OKS_SIGMAS
+from pipeline.keypoints import OKS_SIGMAS
 
 # BlazePose landmark for each COCO-17 keypoint (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)
 COCO_FROM_BLAZEPOSE = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
@@ -73,6 +72,9 @@ class People:
     keypoints: np.ndarray     # (P, K, 3) x, y, score
     scores: np.ndarray        # (P,) landmark net's person presence
     alignment: np.ndarray     # (P, 2, 2) hip centre and above-head points, frame corner coordinates (next crop)
+
+    def __getitem__(self, index) -> "People":
+        return People(self.keypoints[index], self.scores[index], self.alignment[index])
 
 
 def detector_views(content: torch.Tensor, tiles: tuple[tuple[int, float, float], ...]) -> torch.Tensor:
@@ -284,6 +286,7 @@ class TopDownPose:
             found = self.run_landmarks(frames, self.rois(frame, found["alignment"]))
         return found
 
+    @torch.inference_mode()
     def estimate(self, frames: torch.Tensor, content: torch.Tensor, chains: list[list[int]] | None = None
                  ) -> list[People]:
         """People in each frame.
@@ -337,30 +340,26 @@ class TopDownPose:
         rois = torch.stack([frame.float(), b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2,
                             b[:, 2:].amax(-1) * self.config.roi_scale, torch.zeros(len(b))], dim=-1)
         found = self.run_landmarks(frames, rois.to(self.device))
-        found = self.people_in(frames, frame.to(self.device), found["alignment"], refine=self.config.refine)
-        landmarks = found["landmarks"][:, self.coco].cpu().numpy()
+        found = self.to_people(self.people_in(frames, frame.to(self.device), found["alignment"],
+                                              refine=self.config.refine))
+        return [found[frame.numpy() == i] for i in range(len(boxes))]
+
+    def to_people(self, found: dict[str, torch.Tensor]) -> People:
+        """The landmark net's outputs for R crops as People: COCO-17 keypoints, pixel centres on integers."""
+        landmarks = found["landmarks"][:, self.coco].cpu().numpy()              # (R, 17, 3) corner coordinates
         landmarks[..., :2] -= 0.5
-        presence, alignment, frame = found["presence"].cpu().numpy(), found["alignment"].cpu().numpy(), frame.numpy()
-        return [People(landmarks[frame == i], presence[frame == i], alignment[frame == i]) for i in range(len(boxes))]
+        return People(landmarks, found["presence"].cpu().numpy(), found["alignment"].cpu().numpy())
 
     def split(self, found: dict[str, torch.Tensor], frame_ids: np.ndarray, from_detector: np.ndarray,
               frames: list[int]) -> dict[int, tuple[People, bool]]:
         """Per frame: the people kept (presence, then OKS duplicates) and whether a person followed from the
         previous frame was lost (a detector candidate without a person is just a false detection)."""
-        landmarks = found["landmarks"][:, self.coco].cpu().numpy()              # (R, 17, 3) corner coordinates
-        landmarks[..., :2] -= 0.5                                               # -> pixel centres on integers
-        presence = found["presence"].cpu().numpy()
-        alignment = found["alignment"].cpu().numpy()
+        people = self.to_people(found)
         out = {}
         for f in frames:
             mine = np.flatnonzero(frame_ids == f)
-            absent = presence[mine] < self.config.presence_threshold
+            absent = people.scores[mine] < self.config.presence_threshold
             present = mine[~absent]
-            keep = present[oks_nms(landmarks[present], presence[present], self.config.oks_threshold)]
-            out[f] = (People(landmarks[keep], presence[keep], alignment[keep]),
-                      bool((absent & ~from_detector[mine]).any()))
+            keep = present[oks_nms(people.keypoints[present], people.scores[present], self.config.oks_threshold)]
+            out[f] = (people[keep], bool((absent & ~from_detector[mine]).any()))
         return out
-
-
-def empty_people() -> People:
-    return People(np.zeros((0, NUM_KEYPOINTS, 3), np.float32), np.zeros(0, np.float32), np.zeros((0, 2, 2), np.float32))
