@@ -137,6 +137,9 @@ def test_fetch_imports_checks_and_caches(tmp_path, monkeypatch):
     assert read_metadata(uris[0])["variant"] == "lite"
     with pytest.raises(CheckpointError, match="posepipe models fetch"):
         resolve_checkpoint("blazepose-heavy")                       # not imported into this cache
+    weights.cached_archive().write_bytes(b"damaged")                # a damaged cached archive is replaced
+    weights.fetch_models(("lite",), archive=str(source), force=True)
+    assert weights.sha256(weights.cached_archive().read_bytes()) == weights.ARCHIVE_SHA256
 
 
 def test_a_wrong_archive_is_refused(tmp_path, monkeypatch, capsys):

@@ -48,7 +48,6 @@ GRAPHS = {  # graph -> (member of the archive, sha256)
     "full": ("package/pose_landmark_full.tflite", "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f"),
     "heavy": ("package/pose_landmark_heavy.tflite", "59e42d71bcd44cbdbabc419f0ff76686595fd265419566bd4009ef703ea8e1fe"),
 }
-DEFAULT_VARIANT = "heavy"        # the most accurate (docs/real-people.md); lite and full trade accuracy for speed
 FRAME_SIZE = 1024                # frames are letterboxed to this square before detection and cropping
 CHECKPOINT_KIND = "topdown"
 
@@ -102,26 +101,31 @@ def cached_archive() -> Path:
 
 
 def read_archive(archive: str | None = None) -> bytes:
-    """The package tarball's bytes: from `archive`, else the cached copy, else downloaded (and then cached).
+    """The package tarball's bytes: the cached copy, else `archive`, else downloaded; then cached. A cached copy that
+    fails its checksum is replaced.
 
     Raises:
         WeightsError: it cannot be obtained, or it is not the expected archive.
     """
+    cached = cached_archive()
     try:
-        if archive or cached_archive().is_file():
-            data = Path(archive or cached_archive()).read_bytes()
+        if cached.is_file() and sha256(data := cached.read_bytes()) == ARCHIVE_SHA256:
+            return data
+        if archive:
+            data = checked_archive(Path(archive).read_bytes(), archive)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                data = download_archive(Path(tmp)).read_bytes()
+                data = checked_archive(download_archive(Path(tmp)).read_bytes(), "the downloaded archive")
     except (OSError, subprocess.SubprocessError) as exc:
         raise WeightsError(f"could not obtain {PACKAGE}@{VERSION} ({exc}); download {ARCHIVE_URL} by hand and pass "
                            f"it with --archive") from exc
+    write_bytes_atomic(*resolve(str(cached)), data)
+    return data
+
+
+def checked_archive(data: bytes, name: str) -> bytes:
     if sha256(data) != ARCHIVE_SHA256:
-        raise WeightsError(f"{archive or 'the downloaded archive'} is not {PACKAGE}@{VERSION}: expected sha256 "
-                           f"{ARCHIVE_SHA256}, got {sha256(data)}")
-    if not cached_archive().is_file():
-        cached_archive().parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(*resolve(str(cached_archive())), data)
+        raise WeightsError(f"{name} is not {PACKAGE}@{VERSION}: expected sha256 {ARCHIVE_SHA256}, got {sha256(data)}")
     return data
 
 
