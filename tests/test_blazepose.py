@@ -16,7 +16,7 @@ import torch
 
 from pipeline.blazepose import weights
 from pipeline.blazepose.convert import ConversionError, load_graph_weights
-from pipeline.blazepose.detector import NUM_ANCHORS, PersonDetector, ssd_anchors
+from pipeline.blazepose.detector import NUM_ANCHORS, ssd_anchors
 from pipeline.blazepose.landmarks import VARIANTS, LandmarkNet
 from pipeline.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
 from pipeline.blazepose.tflite_graph import UnsupportedGraph, read_graph
