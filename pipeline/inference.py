@@ -191,7 +191,8 @@ class BottomUpModel:
         people = []
         for keypoints, scores in group_people_batch(heatmaps, pafs, self.grouping):
             xy = heatmap_to_input(keypoints[..., :2].astype(np.float64), self.stride)
-            people.append((np.concatenate([xy, keypoints[..., 2:3]], axis=-1).astype(np.float32), scores))
+            confidence = np.clip(keypoints[..., 2:3], 0.0, 1.0)  # heatmap peaks overshoot 1 a little (up to ~1.15)
+            people.append((np.concatenate([xy, confidence], axis=-1).astype(np.float32), scores))
         return people
 
 

@@ -124,3 +124,18 @@ def test_keep_freed_memory_stops_each_batch_from_faulting_its_activations_in_aga
 
     kept, default = faults("keep"), faults("default")       # the fewest of five forwards after the warm-up
     assert kept * 20 < default, f"page faults per forward: {kept:.0f} kept, {default:.0f} by default"
+
+
+def test_scores_of_real_output_are_confidences_in_0_1():
+    """Keypoint and person scores of the trained bottom-up net on rendered people: heatmap peaks can overshoot 1."""
+    from pipeline.synthetic import render_scene
+
+    rng = np.random.default_rng(0)
+    estimator = PoseEstimator("models/posepipe-synthetic.pt", device="cpu", precision="fp32")
+    frames = np.stack([render_scene(rng, (256, 256), num_people=3)[0] for _ in range(8)])
+    people = estimator.predict(frames)
+    keypoints = np.concatenate([kp for kp, _ in people])
+    scores = np.concatenate([sc for _, sc in people])
+    assert len(scores) >= 8
+    assert keypoints[..., 2].min() >= 0 and keypoints[..., 2].max() <= 1 and keypoints[..., 2].max() > 0.9
+    assert scores.min() >= 0 and scores.max() <= 1

@@ -158,6 +158,8 @@ def test_a_run_on_videos_of_real_people_tracks_them_where_the_camera_moved_them(
     summary = run(load_run_config(parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])))
     assert summary.status == "clean" and summary.videos_ok == 2 and summary.frames == 48
     frames = pd.read_parquet(tmp_path / "out" / "frames")
+    scores = frames[[c for c in frames.columns if c.endswith("_score")]].to_numpy()   # person and keypoint scores
+    assert np.nanmin(scores) >= 0 and np.nanmax(scores) <= 1
     for name, labels in LABELS.items():
         video = frames[frames.uri.str.endswith(Path(name).stem + ".mp4")]
         tracked = video[video.track_id >= 0]
