@@ -94,8 +94,13 @@ def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
         raise ConfigError(f"model.checkpoint {config.model.checkpoint!r} not found ({exc}); import the default with "
                           f"`posepipe models fetch`, train one with `posepipe train`, or point --set "
                           f"model.checkpoint=URI at an existing file") from None
-    if config.model.flip_test and meta.get("kind") == "topdown":
-        raise ConfigError("model.flip_test applies to bottom-up checkpoints only; the top-down model has no flip test")
+    if meta.get("kind") == "topdown":
+        if config.model.flip_test:
+            raise ConfigError("model.flip_test applies to bottom-up checkpoints only; the top-down model has none")
+        if config.decode.batch_size % config.topdown.detect_every:
+            raise ConfigError(f"decode.batch_size ({config.decode.batch_size}) must be a multiple of "
+                              f"topdown.detect_every ({config.topdown.detect_every}): a top-down model follows people "
+                              f"through each decoded batch in runs of detect_every frames")
     return refs, meta
 
 
@@ -189,8 +194,13 @@ def decode_cpus(decode: int, infer: int, config: RunConfig, cpus: float, gpus: f
     return share
 
 
-def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
-    """The Ray Data plan: refs -> decoded frame batches -> per-person rows."""
+def build_dataset(refs: list[dict], config: RunConfig, input_size: int, topdown: bool = False):
+    """The Ray Data plan: refs -> decoded frame batches -> per-person rows.
+
+    A top-down model gets whole decoded batches (one video's consecutive frames, starting at a multiple of
+    `decode.batch_size`): it follows people from frame to frame within a batch, so batches Ray cut elsewhere would
+    move where its detector runs, and the same video would not always give the same rows.
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -211,7 +221,7 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
     # One block per decoded batch. By default Ray Data merges a generator's yields into blocks of up to 128 MiB, so
     # a long video became one block holding all its frames (measured: 600 frames at 256 px -> 1 block of 118 MB);
     # at batch size the frames stream and the object-store bound below applies batch by batch.
-    ds.context.target_max_block_size = config.decode.batch_size * input_size * input_size * 3
+    ds.context.target_max_block_size = config.decode.batch_size * (input_size * input_size * 3 + 4096)  # + columns
     if config.ray.buffered_batches:  # bound frames waiting in the object store: memory set by config, not archive
         frame_bytes = input_size * input_size * 3                          # uint8 (S, S, 3)
         limit = config.ray.buffered_batches * (pools.decode + pools.infer) * config.decode.batch_size * frame_bytes
@@ -225,7 +235,8 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int):
                                    threads=config.decode.threads, storage_options=config.storage_options,
                                    cache_dir=config.decode.cache_dir, timeout_s=config.decode.timeout_s))
     ds = ds.map_batches(
-        PoseEstimator, batch_size=config.model.batch_size, compute=ActorPoolStrategy(size=pools.infer),
+        PoseEstimator, batch_size=None if topdown else config.model.batch_size,
+        compute=ActorPoolStrategy(size=pools.infer),
         num_gpus=pools.infer_gpus, num_cpus=0 if pools.infer_gpus else config.model.cpus_per_worker,
         memory=memory_bytes(config.model.memory_gb), **retries,
         fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
@@ -289,8 +300,9 @@ def run(config: RunConfig) -> RunSummary:
     if refs:
         init_ray(config)
         assembler = VideoAssembler()
-        for batch in build_dataset(refs, config, config.model.frame_size or int(meta["input_size"])).iter_batches(
-                batch_format="numpy", batch_size=None):
+        topdown = meta.get("kind") == "topdown"
+        size = config.model.frame_size or int(meta["input_size"])
+        for batch in build_dataset(refs, config, size, topdown).iter_batches(batch_format="numpy", batch_size=None):
             for video in assembler.add(batch):
                 finish(by_id[video.video_id], video)
         for video in assembler.pending.values():  # only if a stage lost rows: recorded, never silently dropped

@@ -146,7 +146,8 @@ class ModelSettings(StrictModel):
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # autocast dtype; auto: fp32 for top-down models
                                                  # (bf16 loses them accuracy), and for the bottom-up net bf16 where
                                                  # the device runs it natively (GPUs, AMX/AVX512-BF16 CPUs)
-    batch_size: PositiveInt = 16                 # frames per forward pass
+    batch_size: PositiveInt = 16                 # frames per forward pass (bottom-up; a top-down model takes each
+                                                 # decoded batch whole, decode.batch_size frames)
     compile: bool = False                        # torch.compile the nets in each inference actor: about a minute of
                                                  # compiling when an actor starts, then 1.5-2x faster on a CPU
                                                  # (docs/performance.md); worth it for long archives

@@ -158,6 +158,15 @@ def test_a_run_on_videos_of_real_people_tracks_them_where_the_camera_moved_them(
     summary = run(load_run_config(parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])))
     assert summary.status == "clean" and summary.videos_ok == 2 and summary.frames == 48
     frames = pd.read_parquet(tmp_path / "out" / "frames")
+    # the same rows whatever the pools and Ray's scheduling: each decoded batch is followed through as a whole
+    again = run(load_run_config(parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "again"),
+                                            "--set", "decode.workers=2", "--set", "model.batch_size=4"])))
+    assert again.people == summary.people and again.tracks == summary.tracks
+    columns = [c for c in frames.columns if c not in ("date",)]
+    order = ["uri", "frame_index", "person_index"]
+    pd.testing.assert_frame_equal(frames[columns].sort_values(order).reset_index(drop=True),
+                                  pd.read_parquet(tmp_path / "again" / "frames")[columns].sort_values(order)
+                                  .reset_index(drop=True))
     scores = frames[[c for c in frames.columns if c.endswith("_score")]].to_numpy()   # person and keypoint scores
     assert np.nanmin(scores) >= 0 and np.nanmax(scores) <= 1
     for name, labels in LABELS.items():
@@ -183,3 +192,13 @@ def test_compiled_nets_find_the_same_people():
     for (kp, scores), (kp_c, scores_c) in zip(eager.predict(frames, size, size), compiled.predict(frames, size, size)):
         assert len(scores) == len(scores_c) >= 1
         np.testing.assert_allclose(kp_c, kp, atol=0.5)
+
+
+def test_a_decode_batch_that_splits_the_detector_runs_is_refused(tmp_path, capsys):
+    from jobs.run import EXIT_USAGE, main
+    from pipeline.photos import write_photo_clips
+
+    write_photo_clips(tmp_path / "in", num_frames=4)
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                 "--set", "decode.batch_size=30"]) == EXIT_USAGE
+    assert "decode.batch_size (30) must be a multiple of topdown.detect_every (4)" in capsys.readouterr().err
