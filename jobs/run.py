@@ -40,7 +40,9 @@ class RunSummary:
     frames: int = 0
     people: int = 0
     tracks: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0                                 # wall time of the whole run
+    startup_seconds: float = 0.0                         # until the first rows came back: listing, Ray, actors
+                                                         # starting, the model loading, the first batch
     errors: list[tuple[str, str]] = field(default_factory=list)  # (uri, error)
     finished: list[tuple[float, int]] = field(default_factory=list)  # (seconds since the start, frames) per video
 
@@ -55,8 +57,13 @@ class RunSummary:
         return {"clean": EXIT_CLEAN, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}[self.status]
 
     @property
+    def processing_seconds(self) -> float:
+        return max(self.seconds - self.startup_seconds, 0.0)
+
+    @property
     def frames_per_second(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
+        """Frames per second of processing, start-up left out (it does not grow with the archive)."""
+        return self.frames / self.processing_seconds if self.processing_seconds > 0 else 0.0
 
 
 def redact(value: Any) -> Any:
@@ -303,6 +310,7 @@ def run(config: RunConfig) -> RunSummary:
         topdown = meta.get("kind") == "topdown"
         size = config.model.frame_size or int(meta["input_size"])
         for batch in build_dataset(refs, config, size, topdown).iter_batches(batch_format="numpy", batch_size=None):
+            summary.startup_seconds = summary.startup_seconds or time.perf_counter() - t0
             for video in assembler.add(batch):
                 finish(by_id[video.video_id], video)
         for video in assembler.pending.values():  # only if a stage lost rows: recorded, never silently dropped
@@ -323,7 +331,8 @@ def run(config: RunConfig) -> RunSummary:
         "code_version": code_version(), "videos_listed": summary.videos_listed, "videos_ok": summary.videos_ok,
         "videos_failed": summary.videos_failed, "videos_skipped": summary.videos_skipped,
         "frames": summary.frames, "people": summary.people, "tracks": summary.tracks,
-        "seconds": summary.seconds, "frames_per_second": summary.frames_per_second,
+        "seconds": summary.seconds, "startup_seconds": summary.startup_seconds,
+        "frames_per_second": summary.frames_per_second,
     })
     return summary
 
@@ -333,7 +342,8 @@ def print_summary(summary: RunSummary) -> None:
     print(f"  videos   {summary.videos_ok} ok / {summary.videos_failed} failed / {summary.videos_skipped} skipped "
           f"(of {summary.videos_listed} listed)")
     print(f"  frames   {summary.frames}  people found {summary.people}  tracks {summary.tracks}")
-    print(f"  speed    {summary.frames_per_second:.1f} frames/s over {summary.seconds:.1f} s")
+    print(f"  speed    {summary.frames_per_second:.1f} frames/s over {summary.processing_seconds:.1f} s of processing, "
+          f"after {summary.startup_seconds:.1f} s of start-up (Ray, actors, model)")
     for uri, error in summary.errors:
         print(f"  failed   {uri}: {error.replace('|', ': ', 2)}")  # stage: type: message
     print(f"  output   {summary.output}  (tables: frames, tracks, errors, runs)")

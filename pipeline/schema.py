@@ -98,8 +98,9 @@ RUNS_SCHEMA = pa.schema(
         pa.field("frames", pa.int64(), nullable=False),
         pa.field("people", pa.int64(), nullable=False),
         pa.field("tracks", pa.int64(), nullable=False),
-        pa.field("seconds", pa.float64(), nullable=False),
-        pa.field("frames_per_second", pa.float64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),                # wall time of the run
+        pa.field("startup_seconds", pa.float64(), nullable=False),        # until the first rows came back
+        pa.field("frames_per_second", pa.float64(), nullable=False),      # frames / (seconds - startup_seconds)
     ]
 )
 

@@ -107,7 +107,8 @@ def write_output(root: str, videos: Path | None = None, storage_options: dict | 
     writer.write_run({"run_id": "run-1", "status": "partial", "started_at": now, "finished_at": now,
                       "input": "/videos", "config_hash": "abc", "config_json": "{}", "code_version": "test",
                       "videos_listed": 3, "videos_ok": 2, "videos_failed": 1, "videos_skipped": 0, "frames": 52,
-                      "people": 84, "tracks": 3, "seconds": 1.0, "frames_per_second": 52.0})
+                      "people": 84, "tracks": 3, "seconds": 1.0, "startup_seconds": 0.5,
+                      "frames_per_second": 104.0})
     return refs
 
 

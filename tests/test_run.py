@@ -47,6 +47,10 @@ def test_run_writes_queryable_partitioned_parquet(ray_local, archive, random_che
     assert {"date", "source"} <= set(frames.columns) and len(frames) == summary.people
     runs = pd.read_parquet(out / "runs")
     assert runs.loc[0, "frames"] == 16 and runs.loc[0, "videos_failed"] == 1 and runs.loc[0, "status"] == "partial"
+    # start-up (Ray, actors, the model) apart from processing: the rate is over the processing only
+    assert 0 < runs.loc[0, "startup_seconds"] < runs.loc[0, "seconds"]
+    processing = runs.loc[0, "seconds"] - runs.loc[0, "startup_seconds"]
+    assert runs.loc[0, "frames_per_second"] == pytest.approx(16 / processing)
 
     errors = duckdb.sql(f"SELECT uri, stage, error_type, message, source FROM read_parquet("
                         f"'{out}/errors/**/*.parquet', hive_partitioning=true)").df()
