@@ -707,6 +707,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, Any]]:
     """All measurements of one benchmark run, in order; returns the rows and the context (machine, options)."""
+    from jobs.run import is_topdown
     from pipeline.checkpoint import read_metadata, resolve_checkpoint
     from pipeline.config import RunConfig, load_config
 
@@ -714,7 +715,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
     checkpoint, trained = (resolve_checkpoint(args.checkpoint), True) if args.checkpoint \
         else default_checkpoint(args.cache_dir)
     meta = read_metadata(checkpoint)
-    topdown = meta.get("kind") == "topdown"
+    topdown = is_topdown(meta)
     size = int(meta["input_size"])
     people = "real" if topdown else "synthetic"                    # footage the model can find people in
     archive = benchmark_archive(args.cache_dir, args.videos, args.seconds, width, height, people=people)

@@ -101,7 +101,7 @@ def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
         raise ConfigError(f"model.checkpoint {config.model.checkpoint!r} not found ({exc}); import the default with "
                           f"`posepipe models fetch`, train one with `posepipe train`, or point --set "
                           f"model.checkpoint=URI at an existing file") from None
-    if meta.get("kind") == "topdown":
+    if is_topdown(meta):
         if config.model.flip_test:
             raise ConfigError("model.flip_test applies to bottom-up checkpoints only; the top-down model has none")
         if config.decode.batch_size % config.topdown.detect_every:
@@ -109,6 +109,12 @@ def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
                               f"topdown.detect_every ({config.topdown.detect_every}): a top-down model follows people "
                               f"through each decoded batch in runs of detect_every frames")
     return refs, meta
+
+
+def is_topdown(meta: dict) -> bool:
+    from pipeline.blazepose.weights import CHECKPOINT_KIND
+
+    return meta.get("kind") == CHECKPOINT_KIND
 
 
 def init_ray(config: RunConfig) -> None:
@@ -307,9 +313,9 @@ def run(config: RunConfig) -> RunSummary:
     if refs:
         init_ray(config)
         assembler = VideoAssembler()
-        topdown = meta.get("kind") == "topdown"
         size = config.model.frame_size or int(meta["input_size"])
-        for batch in build_dataset(refs, config, size, topdown).iter_batches(batch_format="numpy", batch_size=None):
+        for batch in build_dataset(refs, config, size, is_topdown(meta)).iter_batches(batch_format="numpy",
+                                                                                    batch_size=None):
             summary.startup_seconds = summary.startup_seconds or time.perf_counter() - t0
             for video in assembler.add(batch):
                 finish(by_id[video.video_id], video)

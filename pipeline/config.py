@@ -138,8 +138,9 @@ class DecodeSettings(StrictModel):
 
 
 class ModelSettings(StrictModel):
-    checkpoint: str = DEFAULT_CHECKPOINT         # a cached model name (`posepipe models fetch`), path or URI (s3://...);
-                                                 # models/posepipe-synthetic.pt is the bottom-up synthetic-trained net
+    checkpoint: str = DEFAULT_CHECKPOINT         # a cached model name (`posepipe models fetch`), path or URI
+                                                 # (s3://...); models/posepipe-synthetic.pt is the bottom-up
+                                                 # synthetic-trained net
     frame_size: PositiveInt | None = None        # frames are letterboxed to this square for the model; None: the
                                                  # checkpoint's (1024 for the imported top-down models)
     device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: cuda when the actor has a GPU, else cpu

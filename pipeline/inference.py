@@ -248,8 +248,8 @@ def load_pose_model(checkpoint: str, device: torch.device, precision: str = "aut
 
 def picture_boxes(widths: np.ndarray, heights: np.ndarray, size: int) -> np.ndarray:
     """(B, 4) x0, y0, w, h of each letterboxed picture inside its (size, size) frame, corner coordinates."""
-    boxes = [Letterbox.fit(int(w), int(h), size) for w, h in zip(widths, heights)]
-    return np.array([[b.pad_x, b.pad_y, b.resized_width, b.resized_height] for b in boxes], np.float32).reshape(-1, 4)
+    boxes = [Letterbox.fit(int(w), int(h), size).picture_box for w, h in zip(widths, heights)]
+    return np.array(boxes, np.float32).reshape(-1, 4)
 
 
 def video_chains(video_ids: np.ndarray, frame_indices: np.ndarray) -> list[list[int]]:

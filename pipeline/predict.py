@@ -36,8 +36,7 @@ class LetterboxedImages(Dataset):
         boxes = boxes * [letterbox.scale_x, letterbox.scale_y, letterbox.scale_x, letterbox.scale_y] \
             + [letterbox.pad_x, letterbox.pad_y, 0, 0]                                     # frame corner coordinates
         return {"image": torch.from_numpy(letterbox.apply(image)), "image_id": image_id, "size": (width, height),
-                "content": torch.tensor([letterbox.pad_x, letterbox.pad_y, letterbox.resized_width,
-                                         letterbox.resized_height], dtype=torch.float32),
+                "content": torch.tensor(letterbox.picture_box, dtype=torch.float32),
                 "boxes": boxes.astype(np.float32)}
 
 

@@ -43,6 +43,11 @@ class Letterbox:
                    (size - resized_width) // 2, (size - resized_height) // 2)
 
     @property
+    def picture_box(self) -> tuple[int, int, int, int]:
+        """x0, y0, w, h of the resized picture inside the square input (the rest is padding)."""
+        return self.pad_x, self.pad_y, self.resized_width, self.resized_height
+
+    @property
     def scale_x(self) -> float:
         return self.resized_width / self.width
 

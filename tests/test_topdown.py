@@ -82,8 +82,7 @@ def test_videos_follow_people_between_detector_runs_and_detect_again_when_one_is
     photo = read_photo("astronaut.png")
     clip = pan_and_zoom(photo, 12, (480, 360))
     frames, letterbox = frames_of(clip)
-    content = torch.tensor([[letterbox.pad_x, letterbox.pad_y, letterbox.resized_width, letterbox.resized_height]]
-                           * len(clip), dtype=torch.float32)
+    content = torch.tensor([letterbox.picture_box] * len(clip), dtype=torch.float32)
     calls = counting_detector(model)
     people = model.pose.estimate(torch.from_numpy(frames), content, [list(range(12))])
     assert sum(calls) == 3                                                     # frames 0, 4 and 8 of 12

@@ -314,12 +314,12 @@ class TopDownPose:
                 alignment.append(points.reshape(-1, 2, 2))
                 from_detector += [f in detected] * len(points)
             frame_ids, from_detector = np.array(frame_ids, np.int64), np.array(from_detector, bool)
+            on_device = torch.from_numpy(frame_ids).to(self.device)
             points = torch.from_numpy(np.concatenate(alignment)).to(self.device)
-            found = self.run_landmarks(frames, self.rois(torch.from_numpy(frame_ids).to(self.device), points))
+            found = self.run_landmarks(frames, self.rois(on_device, points))
             if c.refine and from_detector.any():    # followed people were cropped from landmarks already
                 again = torch.from_numpy(np.flatnonzero(from_detector)).to(self.device)
-                refined = self.people_in(frames, torch.from_numpy(frame_ids).to(self.device)[again],
-                                         found["alignment"][again], refine=c.refine - 1)
+                refined = self.people_in(frames, on_device[again], found["alignment"][again], refine=c.refine - 1)
                 found = {key: value.index_copy(0, again, refined[key]) for key, value in found.items()}
             by_frame = self.split(found, frame_ids, from_detector, [f for _, f in active])
             for k, f in active:

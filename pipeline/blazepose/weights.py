@@ -3,9 +3,10 @@
 The npm package `@mediapipe/pose` (Apache-2.0) carries the person detector (packed for the web as
 `pose_solution_packed_assets.data`: the graph of the `mediapipe` wheels' `pose_detection.tflite`, every weight equal,
 in a file 3 kB larger) and the lite, full and heavy landmark nets. `fetch_models` obtains that one archive (with
-`npm pack`, or straight from the registry over HTTPS where npm is missing), checks its sha256 and every graph's, converts the graphs into the torch
-modules of this package (`convert.load_graph_weights`: every op checked, nothing guessed) and saves one checkpoint
-per landmark variant, detector included, in the model cache (`cache_dir()`) or any folder or URI.
+`npm pack`, or straight from the registry over HTTPS where npm is missing), checks its sha256 and every graph's,
+converts the graphs into the torch modules of this package (`convert.load_graph_weights`: every op checked, nothing
+guessed) and saves one checkpoint per landmark variant, detector included, in the model cache (`cache_dir()`) or any
+folder or URI.
 
 A checkpoint is the usual `torch.save` payload (`pipeline.checkpoint.save_payload`): {"metadata", "detector",
 "landmarks"} with the weights stored as fp16 wherever the graph stored them so (all but a few biases; lossless).
