@@ -301,7 +301,8 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
              "timestamp_s": np.zeros(batch_size), "width": np.full(batch_size, width, np.int32),
              "height": np.full(batch_size, height, np.int32), "image": images,
              "is_end": np.zeros(batch_size, bool), "num_frames": np.zeros(batch_size, np.int64),
-             "error": np.full(batch_size, "", dtype=object)}
+             "error": np.full(batch_size, "", dtype=object),
+             "fps": np.zeros(batch_size), "duration_s": np.zeros(batch_size)}
     if compile_model:
         model.compile()
     if isinstance(model, BottomUpModel):

@@ -10,7 +10,7 @@ COMMANDS = {
     "models": ("jobs.models", "import the real-trained default weights; list the models a run can use"),
     "train": ("jobs.train", "train the pose network (Ray Train)"),
     "evaluate": ("jobs.evaluate", "OKS AP / PCK of a checkpoint on a COCO-format set"),
-    "query": ("jobs.query", "SQL over the output tables (DuckDB views frames, tracks, errors, runs)"),
+    "query": ("jobs.query", "SQL over the output tables (DuckDB views frames, tracks, videos, errors, runs)"),
     "render": ("jobs.render", "skeletons on a video (mp4 or contact sheet), or a run summary plot"),
     "submit": ("jobs.submit", "run the main job on a Ray cluster (Jobs API)"),
     "benchmark": ("jobs.benchmark", "frames/s per stage: raw decode, raw model, whole pipeline"),

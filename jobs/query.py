@@ -1,4 +1,4 @@
-"""`posepipe query`: SQL over the output tables (views frames, tracks, errors, runs) with DuckDB; prints a table.
+"""`posepipe query`: SQL over the output tables (DuckDB views frames, tracks, videos, errors, runs); prints a table.
 
     posepipe query OUTPUT "SELECT source, count(*) FROM frames GROUP BY source"
     posepipe query OUTPUT --tables                       # the views, their row and column counts
@@ -21,7 +21,6 @@ import duckdb
 import pandas as pd
 import yaml
 
-from pipeline.storage import resolve
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -60,10 +59,10 @@ def open_output(output: str, storage_options: dict[str, Any]) -> duckdb.DuckDBPy
     """The views of an existing output root; UsageError when the root does not exist (a typo is not 0 rows)."""
     from pipeline.query import connect
 
-    fs, root = resolve(output, storage_options)
-    if not fs.exists(root):
-        raise UsageError(f"output {output!r} does not exist: give the --output folder or URI of `posepipe run`")
-    return connect(output, storage_options)
+    try:
+        return connect(output, storage_options)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def print_frame(df: pd.DataFrame, csv: bool, max_rows: int) -> None:
@@ -83,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[2:]))
     add_output_arguments(parser)
-    parser.add_argument("sql", nargs="?", help="SQL over the views frames, tracks, errors, runs")
+    parser.add_argument("sql", nargs="?", help="SQL over the views frames, tracks, videos, errors, runs")
     parser.add_argument("--tables", action="store_true", help="list the views with their row and column counts")
     parser.add_argument("--csv", action="store_true", help="print CSV (every row) instead of a table")
     parser.add_argument("--max-rows", type=int, default=50, help="rows printed as a table (default 50)")

@@ -275,7 +275,9 @@ def run(config: RunConfig) -> RunSummary:
     manifest = Manifest.load(config.output, config.storage_options)  # fails fast on a missing output bucket
     outputs_key = outputs_hash(config, meta)
     listed = len(refs)
-    refs = [ref for ref in refs if not (config.write.incremental and manifest.is_current(ref, outputs_key))]
+    current = {ref["uri"] for ref in refs if config.write.incremental and manifest.is_current(ref, outputs_key)}
+    skipped = [ref for ref in refs if ref["uri"] in current]
+    refs = [ref for ref in refs if ref["uri"] not in current]
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     date = (config.write.date or started.date()).isoformat()
     summary = RunSummary(run_id=run_id, output=config.output, videos_listed=listed,
@@ -290,15 +292,20 @@ def run(config: RunConfig) -> RunSummary:
         manifest.plan(ref, video_paths(ref))
     manifest.save()
 
+    videos = [video_row(ref, run_id, "skipped", rows_run_id=manifest.entries[ref["uri"]]["run_id"])
+              for ref in skipped]
+
     def finish(ref: dict, video) -> None:
         frames = track(video, config.tracking)
-        paths, written = video_paths(ref), []
+        paths, written, people, tracks = video_paths(ref), [], 0, 0
         if frames or not video.error:  # a video that never decoded has no frame tables, only its error row
             frames_tbl, tracks_tbl = writer.write_video(ref, frames)
             written += paths[:2]
+            people, tracks = frames_tbl.num_rows, tracks_tbl.num_rows
             summary.frames += len(frames)
-            summary.people += frames_tbl.num_rows
-            summary.tracks += tracks_tbl.num_rows
+            summary.people += people
+            summary.tracks += tracks
+        videos.append(video_row(ref, run_id, "failed" if video.error else "ok", video, len(frames), people, tracks))
         if video.error:
             writer.write_error(ref, run_id, video.error, len(frames))
             written.append(paths[2])
@@ -329,6 +336,7 @@ def run(config: RunConfig) -> RunSummary:
                                       f"{config.ray.max_task_retries + 1} attempts because the decode actor died "
                                       f"(a crash in C, an out-of-memory kill); see the Ray log, rerun to retry it"))
     manifest.save()
+    writer.write_videos(run_id, videos)
     summary.seconds = time.perf_counter() - t0
     writer.write_run({
         "run_id": run_id, "status": summary.status, "started_at": started,
@@ -343,6 +351,23 @@ def run(config: RunConfig) -> RunSummary:
     return summary
 
 
+def video_row(ref: dict, run_id: str, status: str, video=None, frames: int = 0, people: int = 0, tracks: int = 0,
+              rows_run_id: str | None = None) -> dict[str, Any]:
+    """One row of the `videos` table (plus its `source` partition). `video` is the assembled VideoRows of a processed
+    video; a skipped one has no counts, and its rows are those of `rows_run_id`."""
+    row = {"video_id": ref["video_id"], "uri": ref["uri"], "source": ref["source"], "run_id": run_id,
+           "status": status, "rows_run_id": rows_run_id, "size_bytes": int(ref["size"])}
+    if video is None:
+        return row
+    opened = video.fps > 0
+    return row | {
+        "rows_run_id": run_id if frames or not video.error else None, "frames": frames, "people": people,
+        "tracks": tracks, "duration_s": video.duration_s if opened else None, "fps": video.fps if opened else None,
+        "width": video.width or None, "height": video.height or None,
+        "error": video.error.replace("|", ": ", 2) if video.error else None,
+    }
+
+
 def print_summary(summary: RunSummary) -> None:
     print(f"\nposepipe run {summary.run_id}: {summary.status}")
     print(f"  videos   {summary.videos_ok} ok / {summary.videos_failed} failed / {summary.videos_skipped} skipped "
@@ -352,7 +377,7 @@ def print_summary(summary: RunSummary) -> None:
           f"after {summary.startup_seconds:.1f} s of start-up (Ray, actors, model)")
     for uri, error in summary.errors:
         print(f"  failed   {uri}: {error.replace('|', ': ', 2)}")  # stage: type: message
-    print(f"  output   {summary.output}  (tables: frames, tracks, errors, runs)")
+    print(f"  output   {summary.output}  (tables: frames, tracks, videos, errors, runs)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

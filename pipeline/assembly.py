@@ -30,6 +30,10 @@ class VideoRows:
     frames: dict[int, Frame] = field(default_factory=dict)
     num_frames: int | None = None   # from the end marker
     error: str = ""                 # `stage|type|message` from the end marker, "" when clean
+    width: int = 0                  # display size, frame rate and duration from the end marker (0: never opened)
+    height: int = 0
+    fps: float = 0.0
+    duration_s: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -38,6 +42,8 @@ class VideoRows:
     def add(self, row: dict) -> None:
         if row["is_end"]:
             self.num_frames, self.error = int(row["num_frames"]), str(row["error"])
+            self.width, self.height = int(row["width"]), int(row["height"])
+            self.fps, self.duration_s = float(row["fps"]), float(row["duration_s"])
             return
         frame = self.frames.setdefault(int(row["frame_index"]),
                                        Frame(float(row["timestamp_s"]), int(row["width"]), int(row["height"])))

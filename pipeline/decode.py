@@ -366,21 +366,41 @@ def frame_batch(ref: dict[str, Any], indices: np.ndarray, timestamps: np.ndarray
         "is_end": np.zeros(n, dtype=bool),
         "num_frames": np.zeros(n, dtype=np.int64),
         "error": np.full(n, "", dtype=object),
+        "fps": np.zeros(n, dtype=np.float64),
+        "duration_s": np.zeros(n, dtype=np.float64),
     }
 
 
-def end_marker(ref: dict[str, Any], size: int, num_frames: int, error: str = "") -> dict[str, np.ndarray]:
-    """The last row of a video: how many frames were emitted, and the error (`stage|type|message`) if any."""
+@dataclass(frozen=True)
+class VideoHeader:
+    """What the end marker tells about the video itself (zeros when it never opened)."""
+    width: int = 0           # display size, pixels
+    height: int = 0
+    fps: float = 0.0
+    duration_s: float = 0.0  # frames in the stream / fps
+
+    @classmethod
+    def of(cls, stream: Stream) -> "VideoHeader":
+        fps = float(stream.fps or 0.0)
+        return cls(stream.letterbox.width, stream.letterbox.height, fps, stream.num_frames / fps if fps > 0 else 0.0)
+
+
+def end_marker(ref: dict[str, Any], size: int, num_frames: int, error: str = "",
+               header: VideoHeader = VideoHeader()) -> dict[str, np.ndarray]:
+    """The last row of a video: how many frames were emitted, the error (`stage|type|message`) if any, and the
+    video's display size, frame rate and duration."""
     return {
         "video_id": np.array([ref["video_id"]], dtype=object),
         "frame_index": np.array([-1], dtype=np.int64),
         "timestamp_s": np.zeros(1, dtype=np.float64),
-        "width": np.zeros(1, dtype=np.int32),
-        "height": np.zeros(1, dtype=np.int32),
+        "width": np.array([header.width], dtype=np.int32),
+        "height": np.array([header.height], dtype=np.int32),
         "image": np.zeros((1, size, size, 3), dtype=np.uint8),
         "is_end": np.ones(1, dtype=bool),
         "num_frames": np.array([num_frames], dtype=np.int64),
         "error": np.array([error], dtype=object),
+        "fps": np.array([header.fps], dtype=np.float64),
+        "duration_s": np.array([header.duration_s], dtype=np.float64),
     }
 
 
@@ -436,6 +456,7 @@ class DecodeWorker(threading.Thread):
         self.cancel = threading.Event()
         self.stage = "open"                                    # how far it got, for a Timeout's error row
         self.error = ""                                        # `stage|type|message`, set before _DONE is queued
+        self.header = VideoHeader()                            # set once the video opened
 
     def run(self) -> None:
         try:
@@ -453,6 +474,7 @@ class DecodeWorker(threading.Thread):
         try:
             with local_copy(self.ref["uri"], self.storage_options, self.cache_dir) as path:
                 stream = open_stream(path, self.size, self.threads)
+                self.header = VideoHeader.of(stream)
                 self.stage = "decode"
                 indices = sample_frame_indices(stream.num_frames, stream.fps, **self.sampling)
                 missing = missing_frames(stream, self.sampling)
@@ -531,7 +553,7 @@ class FrameDecoder:
             worker.cancel.set()  # also when Ray closes this generator early
         if error:
             logger.warning("video %s: %s", ref["uri"], error)
-        yield end_marker(ref, self.size, emitted, error)
+        yield end_marker(ref, self.size, emitted, error, worker.header)
 
     def give_up(self, worker: DecodeWorker, ref: dict[str, Any], emitted: int) -> str:
         worker.cancel.set()

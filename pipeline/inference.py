@@ -34,7 +34,8 @@ from pipeline.preprocess import IMAGE_MEAN, IMAGE_STD, Letterbox, normalize
 
 logger = logging.getLogger(__name__)
 
-PASSTHROUGH = ("video_id", "frame_index", "timestamp_s", "width", "height", "is_end", "num_frames", "error")
+PASSTHROUGH = ("video_id", "frame_index", "timestamp_s", "width", "height", "is_end", "num_frames", "error", "fps",
+               "duration_s")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_AUTOCAST_DTYPES = {"bf16": torch.bfloat16}  # oneDNN runs bf16 convs on AVX512-BF16 / AMX; fp16 has no fast path
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3       # glibc's mallopt parameters (<malloc.h>)

@@ -1,4 +1,4 @@
-"""Query the output tables of posepipe runs: frames, tracks, errors and runs as DuckDB views over the Parquet files.
+"""Query the output tables of posepipe runs (frames, tracks, videos, errors, runs) as DuckDB views over Parquet.
 
 The output root can be a local folder or any fsspec URI (s3://, gs://, memory://): for a non-local root the fsspec
 filesystem is registered with DuckDB, so no DuckDB extension (httpfs) has to be downloaded. A table that has no
@@ -52,8 +52,10 @@ def empty_table(table: str) -> pa.Table:
 
 def connect(output: str, storage_options: dict[str, Any] | None = None,
             con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with views `frames`, `tracks`, `errors` and `runs` over the tables under `output`."""
+    """A DuckDB connection with a view per table of `pipeline.schema.TABLES` over the files under `output`."""
     fs, root = resolve(output, storage_options)
+    if not fs.exists(root):  # a typo in the path is an error, not a set of empty tables
+        raise FileNotFoundError(f"output {output!r} does not exist: give the --output folder or URI of `posepipe run`")
     con = con or duckdb.connect()
     if not is_local(fs):
         con.register_filesystem(fs)

@@ -5,6 +5,7 @@ Layout under the output root (hive partitions, one file per video so a rerun rep
     frames/date=YYYY-MM-DD/source=NAME/<video_id>.parquet   one row per (video, frame, person)
     tracks/date=YYYY-MM-DD/source=NAME/<video_id>.parquet   one row per (video, track)
     errors/date=YYYY-MM-DD/source=NAME/<video_id>.parquet   one row per failed video stage
+    videos/date=YYYY-MM-DD/source=NAME/<run_id>.parquet     one row per listed video per run (any outcome)
     runs/date=YYYY-MM-DD/<run_id>.parquet                   one row per run
 
 Keypoints are wide columns `<name>_x`, `<name>_y`, `<name>_score` (float32, original-image pixels, pixel centres at
@@ -81,6 +82,26 @@ ERRORS_SCHEMA = pa.schema(
     ]
 )
 
+VIDEOS_SCHEMA = pa.schema(  # every video a run listed, including those with nobody in them and those it skipped
+    _VIDEO_FIELDS
+    + [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),     # ok | failed | skipped (unchanged since an earlier run)
+        pa.field("rows_run_id", pa.string()),                # the run whose rows `frames`/`tracks` hold for it:
+                                                             # this run, or for a skipped video the earlier one
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("frames", pa.int64()),                      # frames decoded (null when skipped)
+        pa.field("people", pa.int64()),                      # rows in `frames`
+        pa.field("tracks", pa.int64()),                      # rows in `tracks`
+        pa.field("duration_s", pa.float64()),                # of the whole video; null when it did not open
+        pa.field("fps", pa.float64()),
+        pa.field("width", pa.int32()),                       # display size, pixels
+        pa.field("height", pa.int32()),
+        pa.field("error", pa.string()),                      # `stage: type: message` of a failed video (details
+                                                             # in `errors`)
+    ]
+)
+
 RUNS_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -104,6 +125,7 @@ RUNS_SCHEMA = pa.schema(
     ]
 )
 
-TABLES = {"frames": FRAMES_SCHEMA, "tracks": TRACKS_SCHEMA, "errors": ERRORS_SCHEMA, "runs": RUNS_SCHEMA}
+TABLES = {"frames": FRAMES_SCHEMA, "tracks": TRACKS_SCHEMA, "errors": ERRORS_SCHEMA, "videos": VIDEOS_SCHEMA,
+          "runs": RUNS_SCHEMA}
 TABLE_PARTITIONS = {"frames": PARTITION_COLUMNS, "tracks": PARTITION_COLUMNS, "errors": PARTITION_COLUMNS,
-                    "runs": ("date",)}
+                    "videos": PARTITION_COLUMNS, "runs": ("date",)}

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from pipeline.assembly import TrackedFrame
 from pipeline.keypoints import NUM_KEYPOINTS
-from pipeline.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, KEYPOINT_COLUMNS, RUNS_SCHEMA, TRACKS_SCHEMA
+from pipeline.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, KEYPOINT_COLUMNS, RUNS_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
 from pipeline.storage import join, resolve, write_parquet_atomic
 from pipeline.tracking import UNTRACKED
 
@@ -111,6 +111,15 @@ class OutputWriter:
     def write_error(self, ref: dict[str, Any], run_id: str, error: str, frames_ok: int) -> None:
         write_parquet_atomic(self.fs, self.path("errors", ref["video_id"], ref["source"]),
                              error_table(ref, run_id, error, frames_ok))
+
+    def write_videos(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """The `videos` rows of a run (VIDEOS_SCHEMA columns plus `source`), one file per source."""
+        by_source: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_source.setdefault(row["source"], []).append(row)
+        for source, part in sorted(by_source.items()):
+            write_parquet_atomic(self.fs, self.path("videos", run_id, source),
+                                 pa.Table.from_pylist(part, schema=VIDEOS_SCHEMA))
 
     def write_run(self, row: dict[str, Any]) -> None:
         write_parquet_atomic(self.fs, self.path("runs", row["run_id"], None),

@@ -214,7 +214,8 @@ def person_rows(video_id: str, frames: list[int], end: int | None = None) -> dic
             "timestamp_s": np.zeros(n), "width": np.full(n, 10, np.int32), "height": np.full(n, 10, np.int32),
             "is_end": np.array([False] * len(frames) + ([True] if end is not None else [])),
             "num_frames": np.array([0] * len(frames) + ([end] if end is not None else []), np.int64),
-            "error": np.full(n, "", dtype=object), "person_index": np.zeros(n, np.int32),
+            "error": np.full(n, "", dtype=object), "fps": np.full(n, 25.0), "duration_s": np.full(n, 1.0),
+            "person_index": np.zeros(n, np.int32),
             "person_score": np.ones(n, np.float32), "keypoints": keypoints}
 
 

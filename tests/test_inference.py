@@ -43,7 +43,8 @@ def test_estimator_emits_rows_for_empty_frames_and_passes_end_markers(random_che
         "timestamp_s": np.zeros(n), "width": np.array([160, 160, 0], np.int32),
         "height": np.array([120, 120, 0], np.int32), "image": np.zeros((n, 128, 128, 3), np.uint8),
         "is_end": np.array([False, False, True]), "num_frames": np.array([0, 0, 2]),
-        "error": np.array(["", "", ""], dtype=object),
+        "error": np.array(["", "", ""], dtype=object), "fps": np.array([0, 0, 25.0]),
+        "duration_s": np.array([0, 0, 0.08]),
     }
     out = estimator(batch)                      # a black frame has nobody in it: one placeholder row per frame
     assert out["frame_index"].tolist() == [0, 1, -1] and out["person_index"].tolist() == [-1, -1, -1]

@@ -232,7 +232,7 @@ def test_missing_tables_are_empty_views_with_the_schema_columns(tmp_path):
                                               tracked(3, scene_people))
     con = connect(str(root))
     assert query(con, "SELECT DISTINCT source FROM frames")["source"].tolist() == ["123"]   # not the integer 123
-    for table in ("errors", "runs"):
+    for table in ("errors", "videos", "runs"):
         described = query(con, f"DESCRIBE {table}")
         assert described["column_name"].tolist() == empty_table(table).column_names
         assert query(con, f"SELECT count(*) AS n FROM {table}")["n"][0] == 0
@@ -241,8 +241,11 @@ def test_missing_tables_are_empty_views_with_the_schema_columns(tmp_path):
     written = query(con, "DESCRIBE frames")[["column_name", "column_type"]]
     con.register("_probe", empty_table("frames"))
     assert query(con, "DESCRIBE _probe")[["column_name", "column_type"]].equals(written)
-    nothing = connect(str(tmp_path / "never-written"))
-    assert query(nothing, "SELECT count(*) AS n FROM frames")["n"][0] == 0
+    (tmp_path / "empty").mkdir()
+    nothing = connect(str(tmp_path / "empty"))
+    assert query(nothing, "SELECT count(*) AS n FROM videos")["n"][0] == 0
+    with pytest.raises(FileNotFoundError, match="does not exist"):   # a mistyped path is not an empty output
+        connect(str(tmp_path / "never-written"))
 
 
 def test_to_long_has_one_row_per_keypoint(output):

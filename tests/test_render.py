@@ -159,6 +159,7 @@ def test_summary_plot(synthetic, tmp_path):
         expected.setdefault(int(frame["timestamp_s"]), set()).update(p["track_id"] for p in frame["people"])
     assert dict(zip(table["t_s"].astype(int), table["people"])) == {k: len(v) for k, v in expected.items() if v}
     assert table["mean_score"].between(0.5, 0.9).all()
+    (tmp_path / "empty").mkdir()
     assert plot_summary(connect(str(tmp_path / "empty")), str(tmp_path / "empty.png")).empty
     assert cv2.imread(str(tmp_path / "empty.png")).shape == (600, 1000, 3)
 

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import encode_video
 from jobs.run import EXIT_USAGE, load_run_config, main, parse_args, run
-from pipeline.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, RUNS_SCHEMA, TRACKS_SCHEMA
+from pipeline.query import connect
+from pipeline.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, RUNS_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def test_run_writes_queryable_partitioned_parquet(ray_local, archive, random_che
     assert [f.rsplit("-", 1)[0] for f in frame_files] == [
         "frames/date=2026-01-02/source=cam1/walk", "frames/date=2026-01-02/source=cam2/wide"]
     for table, schema in [("frames", FRAMES_SCHEMA), ("tracks", TRACKS_SCHEMA), ("errors", ERRORS_SCHEMA),
-                          ("runs", RUNS_SCHEMA)]:
+                          ("videos", VIDEOS_SCHEMA), ("runs", RUNS_SCHEMA)]:
         for path in (out / table).rglob("*.parquet"):
             assert pq.read_schema(path).remove_metadata() == schema, path
 
@@ -59,6 +60,28 @@ def test_run_writes_queryable_partitioned_parquet(ray_local, archive, random_che
     count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/frames/**/*.parquet', hive_partitioning=true) "
                        f"WHERE date = '2026-01-02'").fetchall()[0][0]
     assert count == summary.people
+
+    # every listed video in `videos`, whatever came of it: the broken one, and one without people in it
+    videos = connect(str(out)).execute("SELECT * FROM videos ORDER BY uri").df()
+    assert [uri.rsplit("/", 1)[1] for uri in videos["uri"]] == ["walk.mp4", "broken.mp4", "wide.mkv"]
+    assert videos["status"].tolist() == ["ok", "failed", "ok"] and (videos["run_id"] == summary.run_id).all()
+    assert videos["source"].tolist() == ["cam1", "cam2", "cam2"]
+    walk, broken, wide = (videos.iloc[i] for i in range(3))
+    assert (walk.frames, walk.width, walk.height, walk.fps) == (10, 160, 120, 12.0)
+    assert walk.duration_s == pytest.approx(20 / 12) and (wide.width, wide.height, wide.frames) == (200, 80, 6)
+    assert videos["people"].sum() == summary.people and videos["tracks"].sum() == summary.tracks
+    assert broken.error.startswith("open: ") and pd.isna(broken.fps) and pd.isna(broken.rows_run_id)
+    assert pd.isna(walk.error) and walk.rows_run_id == summary.run_id
+    assert videos.loc[videos.status == "ok", "error"].isna().all()
+
+    # a rerun skips the unchanged videos, retries the broken one, and still lists all three
+    again = run(config_for(archive, random_checkpoint, "--set", "decode.every_nth=2"))
+    assert (again.videos_skipped, again.videos_failed) == (2, 1)
+    latest = connect(str(out)).execute("SELECT uri, status, rows_run_id, frames FROM videos WHERE run_id = ? ORDER BY uri",
+                                  [again.run_id]).df()
+    assert latest["status"].tolist() == ["skipped", "failed", "skipped"]
+    assert latest.loc[latest.status == "skipped", "rows_run_id"].eq(summary.run_id).all()
+    assert latest.loc[latest.status == "skipped", "frames"].isna().all()
 
 
 def test_missing_input_fails_fast_with_a_clear_message(tmp_path, random_checkpoint, capsys):

@@ -64,7 +64,8 @@ def test_frames_without_people_give_no_rows_and_no_error(estimator):
              "timestamp_s": np.zeros(n), "width": np.array([640, 640, 0], np.int32),
              "height": np.array([480, 480, 0], np.int32), "image": np.zeros((n, 1024, 1024, 3), np.uint8),
              "is_end": np.array([False, False, True]), "num_frames": np.array([0, 0, 2]),
-             "error": np.array(["", "", ""], dtype=object)}
+             "error": np.array(["", "", ""], dtype=object), "fps": np.array([0, 0, 25.0]),
+             "duration_s": np.array([0, 0, 0.08])}
     out = estimator(batch)
     assert out["person_index"].tolist() == [-1, -1, -1] and out["error"].tolist() == ["", "", ""]
 
