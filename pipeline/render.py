@@ -253,6 +253,20 @@ def summary_by_time(con: duckdb.DuckDBPyConnection, bin_s: float | None = None) 
     return table, bin_s
 
 
+def footage_by_source(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    """Seconds of footage per source: the longest video (`videos.duration_s`), or the last frame with people."""
+    rows = con.execute("""
+        SELECT source, max(span) FROM (
+            SELECT source, duration_s AS span FROM videos WHERE duration_s IS NOT NULL
+            UNION ALL SELECT source, max(timestamp_s) FROM frames GROUP BY source)
+        GROUP BY source ORDER BY source""").fetchall()
+    return {str(source): float(span) for source, span in rows}
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def plot_summary(con: duckdb.DuckDBPyConnection, out_uri: str, bin_s: float | None = None,
                  storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """PNG of people per time bin and mean keypoint score over video time, one line per source, titled with the
@@ -260,19 +274,25 @@ def plot_summary(con: duckdb.DuckDBPyConnection, out_uri: str, bin_s: float | No
     from matplotlib.figure import Figure  # Agg canvas, no pyplot state
 
     table, bin_s = summary_by_time(con, bin_s)
+    footage = footage_by_source(con)
     runs = con.execute("SELECT count(*), coalesce(sum(videos_ok), 0), coalesce(sum(videos_failed), 0), "
                        "coalesce(sum(frames), 0), string_agg(DISTINCT status, '/') FROM runs").fetchone()
     errors = con.execute("SELECT count(*) FROM errors").fetchone()[0]
     fig = Figure(figsize=(10, 6), dpi=100, layout="constrained")
     ax_people, ax_score = fig.subplots(2, 1, sharex=True)
     unit_s = 60.0 if bin_s >= 60 else 1.0
-    num_bins = int(round(table["t_s"].max() / bin_s)) + 1 if len(table) else 1
+    last = max([table["t_s"].max() if len(table) else 0.0] + list(footage.values()))
+    num_bins = int(last // bin_s) + 1
     edges = np.arange(num_bins + 1) * bin_s / unit_s                         # (num_bins + 1,)
-    for source, group in table.groupby("source", sort=True):
+    starts = np.arange(num_bins) * bin_s
+    for source, span in footage.items():
+        group = table[table["source"] == source]
         bins = np.round(group["t_s"].to_numpy() / bin_s).astype(int)
-        people, score = np.zeros(num_bins), np.full(num_bins, np.nan)     # bins without rows: 0 people
+        # a bin of footage without people is 0; past the end of a source's footage nothing is drawn
+        people = np.where((starts < span) | (starts == 0), 0.0, np.nan)
+        score = np.full(num_bins, np.nan)
         people[bins], score[bins] = group["people"], group["mean_score"]
-        ax_people.stairs(people, edges, label=str(source), linewidth=1.5)
+        ax_people.stairs(people, edges, baseline=None, label=str(source), linewidth=1.5)
         ax_score.plot((edges[:-1] + edges[1:]) / 2, score, marker=".", label=str(source))
     ax_people.set_ylabel(f"people per {bin_s:g} s\n(distinct tracks)")
     ax_score.set_ylabel("mean keypoint score")
@@ -282,11 +302,11 @@ def plot_summary(con: duckdb.DuckDBPyConnection, out_uri: str, bin_s: float | No
     if table.empty:
         ax_people.text(0.5, 0.5, "no people in the frames table", ha="center", va="center",
                        transform=ax_people.transAxes)
-    else:
+    if footage:
         ax_people.legend(title="source", fontsize="small", loc="upper right")
-    fig.suptitle(f"{runs[0]} run(s) [{runs[4] or 'none'}]: {runs[1]} videos ok, {runs[2]} failed, "
-                 f"{runs[3]} frames; {int(table['rows'].sum()) if len(table) else 0} person rows; "
-                 f"{errors} error rows")
+    rows = int(table["rows"].sum()) if len(table) else 0
+    fig.suptitle(f"{plural(runs[0], 'run')} [{runs[4] or 'none'}]: {plural(runs[1], 'video')} ok, {runs[2]} failed, "
+                 f"{plural(runs[3], 'frame')}; {plural(rows, 'person row')}; {plural(errors, 'error row')}")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     fs, path = resolve(out_uri, storage_options)

@@ -5,6 +5,7 @@ from people is untouched; the contact sheet has its grid size; the summary plot 
 from __future__ import annotations
 
 import io
+import shutil
 
 import av
 import cv2
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 
 from pipeline.query import connect, query
-from pipeline.render import (draw_people, people_by_frame, plot_summary, render_clip, render_contact_sheet,
-                             sheet_indices, summary_bin_seconds, track_colour)
+from pipeline.render import (draw_people, footage_by_source, people_by_frame, plot_summary, plural, render_clip,
+                             render_contact_sheet, sheet_indices, summary_bin_seconds, track_colour)
+from pipeline.write import OutputWriter
 from test_query import write_synthetic_output
 
 NUM_FRAMES, FPS, EMPTY_FROM = 24, 10.0, 18     # rows of frames >= EMPTY_FROM are dropped: "nobody found there"
@@ -162,6 +164,24 @@ def test_summary_plot(synthetic, tmp_path):
     (tmp_path / "empty").mkdir()
     assert plot_summary(connect(str(tmp_path / "empty")), str(tmp_path / "empty.png")).empty
     assert cv2.imread(str(tmp_path / "empty.png")).shape == (600, 1000, 3)
+
+
+def test_summary_draws_each_source_over_its_footage_only(synthetic, tmp_path):
+    """A camera whose videos hold nobody is a line at 0 along its footage; past a source's footage nothing is drawn
+    (not a bar at 0)."""
+    base, ref, _, _ = synthetic
+    root = tmp_path / "out"
+    shutil.copytree(base / "full", root)
+    quiet = {"video_id": "q", "uri": "/q.mp4", "run_id": "r", "status": "ok", "size_bytes": 10, "frames": 20,
+             "people": 0, "tracks": 0, "duration_s": 1.0, "fps": 20.0, "width": 64, "height": 48}
+    OutputWriter(str(root), "2026-01-02").write_videos("r", [quiet | {"source": "empty-cam"}])
+    con = connect(str(root))
+    footage = footage_by_source(con)
+    span = query(con, "SELECT max(timestamp_s) AS t FROM frames")["t"][0]
+    assert footage == {"empty-cam": 1.0, ref["source"]: pytest.approx(span)}
+    plot_summary(con, str(tmp_path / "s.png"), bin_s=0.5)
+    assert cv2.imread(str(tmp_path / "s.png")).shape == (600, 1000, 3)
+    assert [plural(n, "video") for n in (0, 1, 2)] == ["0 videos", "1 video", "2 videos"]
 
 
 def test_render_command(synthetic, tmp_path, capsys):
