@@ -7,7 +7,9 @@ the machine, other people's included.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -84,13 +87,15 @@ def s3():
 
 @pytest.fixture(scope="module")
 def cluster(s3):
-    """Head (1 CPU) + worker (1 CPU). The nodes hold the AWS credentials, as instance roles would; the job is told
-    only the endpoint (`--env`)."""
+    """Head (1 CPU) + worker (1 CPU) with Ray's token authentication on, as on a production cluster. The nodes hold
+    the AWS credentials, as instance roles would; the job is told only the endpoint (`--env`)."""
     temp_dir = tempfile.mkdtemp(prefix="ppray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    token_path = Path(temp_dir) / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
     gcs, dashboard, client_port, *ports = free_ports(3 + 2 * 30)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AWS_ENDPOINT_URL")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AWS_ENDPOINT_URL", "RAY_AUTH_TOKEN")}
     env |= {"PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "disabled"}
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     try:
         subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
@@ -99,8 +104,8 @@ def cluster(s3):
         subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", *common, *node_ports(ports[30:])],
                        env=env, check=True, capture_output=True, timeout=180)
         address = f"http://127.0.0.1:{dashboard}"
-        wait_for_nodes(address, 2)
-        yield SimpleNamespace(address=address)
+        wait_for_nodes(address, 2, token_path.read_text())
+        yield SimpleNamespace(address=address, token_path=token_path)
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"ray start failed: {exc.stderr.decode()[-2000:]}")
     finally:
@@ -109,13 +114,20 @@ def cluster(s3):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def wait_for_nodes(address: str, n: int, timeout_s: float = 120.0) -> None:
-    from ray.util.state import list_nodes
+def state(address: str, kind: str, token: str) -> list[dict]:
+    """Rows of Ray's state API (`/api/v0/nodes`, `/api/v0/actors`) over HTTP with the cluster's token: the in-process
+    `ray.util.state` client follows this process's RAY_AUTH_MODE (disabled for the suite's local clusters)."""
+    request = urllib.request.Request(f"{address}/api/v0/{kind}?limit=1000&detail=1",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["data"]["result"]["result"]
 
+
+def wait_for_nodes(address: str, n: int, token: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if sum(node.state == "ALIVE" for node in list_nodes(address=address)) >= n:
+            if sum(node["state"] == "ALIVE" for node in state(address, "nodes", token)) >= n:
                 return
         except Exception:  # the dashboard answers only once it is up
             pass
@@ -130,12 +142,12 @@ def test_entrypoint_carries_the_same_config_and_hides_secrets(tmp_path):
                        "--set", "model.batch_size=4", "--set", "storage_options.token=xyz"])
     command = build_entrypoint(args)
     assert command[:7] == ["python", "-m", "jobs.run", "--input", "s3://b/v", "--output", "s3://b/o"]
-    assert command[7:] == ["--config", "", "--set", 'decode={"fps": 2}', "--set", 'storage_options={"secret": "abc"}',
+    assert command[7:] == ["--set", 'decode={"fps": 2}', "--set", 'storage_options={"secret": "abc"}',
                            "--set", "model.batch_size=4", "--set", "storage_options.token=xyz",
                            "--set", "ray.address=auto"]
     assert "abc" not in shown(command) and "xyz" not in shown(command)
     repo = Path(__file__).resolve().parent.parent
-    assert config_arguments(str(repo / "configs" / "default.yaml"), repo) == ["--config", "configs/default.yaml"]
+    assert config_arguments(str(repo / "configs" / "cluster.yaml"), repo) == ["--config", "configs/cluster.yaml"]
 
 
 def test_bad_config_fails_before_contacting_the_cluster(capsys):
@@ -146,9 +158,26 @@ def test_bad_config_fails_before_contacting_the_cluster(capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_submit_runs_the_job_on_a_two_node_cluster(s3, cluster, tmp_path, capsys):
-    from ray.util.state import list_actors
+def test_submit_without_the_clusters_token_fails_in_one_line(cluster, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))                                  # no ~/.ray/auth_token either
+    args = ["--address", cluster.address, "--input", "s3://b/v", "--output", "s3://b/o"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("posepipe: error: the Ray cluster at") and "\n" not in err
+    assert "requires a token" in err and "RAY_AUTH_TOKEN" in err and "Traceback" not in err
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    assert main(args) == 2 and "refused the token given" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    assert main(args) == 2 and "RAY_AUTH_TOKEN_PATH=" in capsys.readouterr().err
 
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_submit_runs_the_job_on_a_two_node_cluster(s3, cluster, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(cluster.token_path))      # as `ray get-auth-token` would give it
     for key in ("videos/cam0/a.mp4", "videos/cam1/b.mp4"):
         path = encode_video(tmp_path / key, num_frames=4, width=64, height=48)
         s3.client.upload_file(str(path), BUCKET, key)
@@ -166,6 +195,6 @@ def test_submit_runs_the_job_on_a_two_node_cluster(s3, cluster, tmp_path, capsys
     assert runs.loc[0, "videos_ok"] == 2 and runs.loc[0, "frames"] == 8
     keys = [o["Key"] for o in s3.client.list_objects_v2(Bucket=BUCKET, Prefix="out/frames/")["Contents"]]
     assert len(keys) == 2
-    stages = {a.class_name: a.node_id for a in list_actors(address=cluster.address, detail=True, limit=1000)
-              if "MapBatches" in a.class_name}
+    actors = state(cluster.address, "actors", cluster.token_path.read_text())
+    stages = {a["class_name"]: a["node_id"] for a in actors if "MapBatches" in a["class_name"]}
     assert len(stages) == 2 and len(set(stages.values())) == 2               # decode and inference on two nodes
