@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jobs.cli import ArgumentParser, configure_logging, fail
 from jobs.resources import ResourceSampler, format_cpu, wait_for_actors_to_exit
 
 logger = logging.getLogger("posepipe.benchmark")
@@ -441,7 +442,8 @@ def pipeline_overrides(checkpoint: str, batch_size: int, device: str, precision:
 
 def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", config_label: str = "") -> Measurement:
     """`jobs.run.run` over `archive` into a temporary output (removed after), with resources sampled throughout."""
-    from jobs.run import init_ray, load_run_config, parse_args, pool_sizes, run
+    from jobs.run import load_run_config, parse_args, run
+    from pipeline.plan import init_ray, pool_sizes
 
     output = Path(tempfile.mkdtemp(prefix="posepipe-bench-out-"))
     try:
@@ -670,22 +672,21 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from pipeline.config import ModelSettings  # imports torch, which the driver otherwise loads only when it runs
-
-    p = argparse.ArgumentParser(prog="posepipe benchmark", description=__doc__.split("\n")[0])
-    p.add_argument("--videos", type=int, default=20, help="videos in the benchmark archive (default 20)")
-    p.add_argument("--seconds", type=float, default=2.0, help="length of each video, seconds at 30 fps (default 2)")
-    p.add_argument("--size", type=parse_size, default=(640, 360), help="video size WxH (default 640x360)")
+    p = ArgumentParser("benchmark", __doc__)
+    p.add_argument("--videos", type=int, default=20, help="videos in the benchmark archive")
+    p.add_argument("--seconds", type=float, default=2.0, help="length of each video, seconds at 30 fps")
+    p.add_argument("--size", type=parse_size, default="640x360", help="video size WxH")
     p.add_argument("--checkpoint", help="model name or checkpoint (default: the run's default model when imported, "
                                         "else models/posepipe-synthetic.pt, else a random-weights PoseNet)")
-    p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16, model.batch_size)")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (model.batch_size)")
     p.add_argument("--batch-sizes", type=parse_int_list, help="also measure the raw model at these batch sizes")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default=ModelSettings().precision, choices=("auto", "fp32", "bf16", "fp16"),
-                   help="autocast of the network, as model.precision (default: the run's default)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where the model runs, as model.device")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast of the network, as model.precision (default: a run's, auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in the raw model measurement")
-    p.add_argument("--decode-workers", type=parse_int_list, default=[1, 2],
-                   help="decode actors of the scaling runs (default 1,2)")
+    p.add_argument("--decode-workers", type=parse_int_list, default="1,2",
+                   help="decode actors of the scaling runs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra run-config override for every pipeline run, e.g. model.threads=2 (repeatable)")
     p.add_argument("--model-input", choices=("random", "video"), default="random",
@@ -698,17 +699,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                    help="a pipeline configuration to compare with the baseline, e.g. threads2=model.threads=2; "
                         "runs alternate baseline, variant, ... --repeat times (repeatable)")
-    p.add_argument("--repeat", type=int, default=2, help="rounds of baseline + variants (default 2)")
+    p.add_argument("--repeat", type=int, default=2, help="rounds of baseline + variants")
     p.add_argument("--long", action="store_true", help="also run a long 1080p video to show memory stays bounded")
-    p.add_argument("--long-seconds", type=float, default=60.0, help="length of the --long video (default 60)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"generated videos (default {DEFAULT_CACHE})")
+    p.add_argument("--long-seconds", type=float, default=60.0, help="length of the --long video")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="generated videos")
     p.add_argument("--out", type=Path, help="write the table to OUT.json and OUT.md")
     return p.parse_args(argv)
 
 
 def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, Any]]:
     """All measurements of one benchmark run, in order; returns the rows and the context (machine, options)."""
-    from jobs.run import is_topdown
+    from pipeline.plan import is_topdown
     from pipeline.checkpoint import read_metadata, resolve_checkpoint
     from pipeline.config import RunConfig, load_config
 
@@ -730,7 +731,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
     # the pools the pipeline will use, resolved as jobs.run does (Ray is started here, once, for every run)
     import ray
 
-    from jobs.run import init_ray, pool_sizes
+    from pipeline.plan import init_ray, pool_sizes
 
     base = pipeline_overrides(checkpoint, args.batch_size, args.device, args.precision, None, args.overrides)
     config = load_config(RunConfig, None, base)
@@ -787,13 +788,15 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    configure_logging(logging.INFO)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-second progress lines would bury the table
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the benchmark's own local cluster
-    args = parse_args(argv)
     if args.videos < 1 or args.seconds <= 0 or args.batch_size < 1:
-        print("posepipe benchmark: --videos, --seconds and --batch-size must be positive", file=sys.stderr)
-        return 2
+        return fail("--videos, --seconds and --batch-size must be positive")
+    from pipeline.config import ModelSettings
+
+    args.precision = args.precision or ModelSettings().precision
     rows, context = run_benchmark(args)
     summary = summarize(rows)
     print(f"\n{markdown_table(rows)}\n\n{format_summary(summary)}")

@@ -13,41 +13,38 @@ Prints one JSON object of metrics. Exit status: 0 scored, 2 bad arguments or inp
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import sys
 import time
 
-import torch
-import yaml
-
-from pipeline.blazepose.topdown import TopDownConfig
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import ModelSettings
-from pipeline.dataset import CocoKeypointDataset, read_coco
-from pipeline.grouping import GroupingConfig
-from pipeline.inference import keep_freed_memory, load_pose_model
-from pipeline.metrics import evaluate_by, evaluate_results
-from pipeline.predict import predict_images
-from pipeline.storage import resolve
+from jobs.cli import ArgumentParser, configure_logging, fail
 
 logger = logging.getLogger("posepipe.evaluate")
 
 
 def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: int | None = None,
-                       grouping: GroupingConfig | None = None, device: str = "cpu",
-                       storage_options: dict | None = None, flip_test: bool = False,
-                       precision: str = ModelSettings().precision, topdown: TopDownConfig = TopDownConfig(),
+                       grouping=None, device: str = "cpu", storage_options: dict | None = None,
+                       flip_test: bool = False, precision: str | None = None, topdown=None,
                        frame_size: int | None = None, gt_boxes: bool = False) -> tuple[dict, list[dict]]:
-    """Run a checkpoint over a COCO set as `posepipe run` runs it; returns (ground truth of the images used, COCO
-    keypoint results)."""
+    """Run a checkpoint over a COCO set as `posepipe run` runs it (`precision`, `grouping` and `topdown` default to a
+    run's); returns (ground truth of the images used, COCO keypoint results)."""
+    import torch
+
+    from pipeline.blazepose.topdown import TopDownConfig
+    from pipeline.config import ModelSettings
+    from pipeline.dataset import CocoKeypointDataset
+    from pipeline.grouping import GroupingConfig
+    from pipeline.inference import keep_freed_memory, load_pose_model
+    from pipeline.predict import predict_images
+
     torch_device = torch.device(device)
     if torch_device.type == "cpu":
         keep_freed_memory()
-    model, meta = load_pose_model(checkpoint, torch_device, precision, grouping or GroupingConfig(), topdown,
-                                  flip_test, storage_options)
+    model, meta = load_pose_model(checkpoint, torch_device, precision or ModelSettings().precision,
+                                  grouping or GroupingConfig(), topdown or TopDownConfig(), flip_test,
+                                  storage_options)
     size = frame_size or int(meta["input_size"])
     images = CocoKeypointDataset(data, size, None, storage_options=storage_options, limit=limit)
     return images.ground_truth(), predict_images(model, images, size, torch_device, batch_size, gt_boxes)
@@ -56,6 +53,8 @@ def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: 
 def parse_fields(items: list[str], cls) -> dict:
     """`key=value` strings (values as YAML) for the fields of dataclass `cls`, as a run config's section sets them."""
     fields = {f.name for f in dataclasses.fields(cls)}
+    import yaml
+
     values = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in items)}
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -63,20 +62,20 @@ def parse_fields(items: list[str], cls) -> dict:
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posepipe evaluate", description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None):
+    parser = ArgumentParser("evaluate", __doc__)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", default=ModelSettings().checkpoint,
-                        help="model name, checkpoint path or URI to run over --data (default: %(default)s)")
+    source.add_argument("--checkpoint", help="model name, checkpoint path or URI to run over --data (default: a run's "
+                                             "model.checkpoint, blazepose-heavy)")
     source.add_argument("--results", help="COCO keypoint-results JSON to score as it is (no model runs)")
     parser.add_argument("--data", required=True, help="COCO set: directory with annotations.json + images/, or JSON")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N images")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per model batch (default: %(default)s)")
+    parser.add_argument("--limit", type=int, help="score only the first N images (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model batch")
     parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:1)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    parser.add_argument("--precision", default=ModelSettings().precision, choices=["fp32", "bf16", "fp16", "auto"],
-                        help="autocast of the network, as model.precision in a run (default: %(default)s)")
-    parser.add_argument("--frame-size", type=int, default=None,
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"],
+                        help="autocast of the network, as model.precision in a run (default: a run's, auto)")
+    parser.add_argument("--frame-size", type=int,
                         help="letterbox images to this square, as model.frame_size (default: the checkpoint's)")
     parser.add_argument("--pck-threshold", type=float, default=0.2, help="PCK distance, fraction of bbox size")
     parser.add_argument("--grouping", action="append", default=[], metavar="KEY=VALUE",
@@ -94,8 +93,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score per value of this image field, e.g. --by dataset")
     parser.add_argument("--save-results", help="write the predictions (COCO results JSON) here")
     parser.add_argument("--storage-options", default="{}", help="fsspec options as JSON, e.g. an endpoint_url")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    import torch
+
+    from pipeline.blazepose.topdown import TopDownConfig
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.config import ModelSettings
+    from pipeline.dataset import read_coco
+    from pipeline.grouping import GroupingConfig
+    from pipeline.metrics import evaluate_by, evaluate_results
+    from pipeline.storage import resolve
+
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     try:
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"got {type(results).__name__}")
         else:
             gt, results = predict_checkpoint(
-                args.checkpoint, args.data, args.batch_size, args.limit,
+                args.checkpoint or ModelSettings().checkpoint, args.data, args.batch_size, args.limit,
                 GroupingConfig(**parse_fields(args.grouping, GroupingConfig)), device=args.device,
                 storage_options=options, flip_test=args.flip_test, precision=args.precision,
                 topdown=TopDownConfig(**parse_fields(args.topdown, TopDownConfig)), frame_size=args.frame_size,
@@ -118,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate_results(gt, results, args.pck_threshold)
         by = evaluate_by(gt, results, args.by, args.pck_threshold) if args.by else None
     except (FileNotFoundError, CheckpointError, ValueError, KeyError, TypeError) as exc:
-        print(f"posepipe evaluate: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     if args.save_results:
         fs, path = resolve(args.save_results, options)
         with fs.open(path, "w") as f:

@@ -7,23 +7,21 @@ pose accuracy (OKS AP and PCK@0.2; pycocotools), per video and over all of them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+from jobs.cli import ArgumentParser, UsageError, fail
 
-from pipeline.coco_export import coco_results
-from pipeline.metrics import evaluate_results
-from pipeline.mot import evaluate_tracks, load_ground_truth
-from pipeline.query import connect, keypoint_array, query
-from pipeline.storage import resolve
-from pipeline.synthetic.videos import video_ground_truth_to_coco
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 
 def predicted_frames(frames: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """frames-table rows of one video -> frame_index -> (track ids (P,), keypoints (P, K, 3))."""
+    from pipeline.query import keypoint_array
+
     keypoints = keypoint_array(frames)                                            # (N, K, 3)
     out = {}
     for frame_index, rows in frames.groupby("frame_index").indices.items():
@@ -32,11 +30,18 @@ def predicted_frames(frames: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.nda
 
 
 def read_ground_truth(uri: str) -> dict | None:
+    from pipeline.storage import resolve
+
     fs, path = resolve(uri.rsplit(".", 1)[0] + ".json")
     return json.loads(fs.cat_file(path)) if fs.exists(path) else None
 
 
 def evaluate_video(frames: pd.DataFrame, gt: dict) -> dict:
+    from pipeline.coco_export import coco_results
+    from pipeline.metrics import evaluate_results
+    from pipeline.mot import evaluate_tracks, load_ground_truth
+    from pipeline.synthetic.videos import video_ground_truth_to_coco
+
     tracking = evaluate_tracks(load_ground_truth(gt), predicted_frames(frames))
     # the sidecar's COCO form numbers images frame_index + 1
     pose = evaluate_results(video_ground_truth_to_coco(gt), coco_results(frames, image_id_offset=1))
@@ -45,7 +50,14 @@ def evaluate_video(frames: pd.DataFrame, gt: dict) -> dict:
 
 
 def evaluate_output(output: str) -> pd.DataFrame:
-    con = connect(output)
+    import pandas as pd
+
+    from pipeline.query import connect, query
+
+    try:
+        con = connect(output)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
     rows = []
     for video_id, uri in query(con, "SELECT DISTINCT video_id, uri FROM frames ORDER BY uri").itertuples(index=False):
         gt = read_ground_truth(uri)
@@ -57,13 +69,18 @@ def evaluate_output(output: str) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posepipe evaluate-tracks", description=__doc__.split("\n")[0])
+    parser = ArgumentParser("evaluate-tracks", __doc__)
     parser.add_argument("output", help="output root of a `posepipe run` over videos with ground-truth sidecars")
     args = parser.parse_args(argv)
-    table = evaluate_output(args.output)
+    try:
+        table = evaluate_output(args.output)
+    except UsageError as exc:
+        return fail(exc)
     if table.empty:
-        print("no video in the output has a ground-truth sidecar (clip.mp4 -> clip.json)", file=sys.stderr)
-        return 2
+        return fail(f"no video in {args.output} has a ground-truth sidecar beside its source (clip.mp4 -> clip.json, "
+                    f"as `posepipe synth videos` writes them)")
+    import pandas as pd
+
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nmean over {len(table)} videos: IDF1 {table.idf1.mean():.3f}  MOTA {table.mota.mean():.3f}  "

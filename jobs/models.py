@@ -10,10 +10,17 @@ Exit status: 0 done, 2 bad arguments, 1 the download, a checksum or a conversion
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+from jobs.cli import ArgumentParser, configure_logging, fail
+
+if TYPE_CHECKING:
+    import argparse
+
+VARIANTS = ("lite", "full", "heavy")   # pipeline.blazepose.landmarks.VARIANTS without torch (a test checks)
 
 
 def fetch(args: argparse.Namespace) -> int:
@@ -23,8 +30,7 @@ def fetch(args: argparse.Namespace) -> int:
         uris = fetch_models(tuple(args.variants), out=args.out, archive=args.archive, force=args.force,
                             storage_options=json.loads(args.storage_options))
     except WeightsError as exc:
-        print(f"posepipe models fetch: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc, 1)
     for uri in uris:
         print(uri)
     return 0
@@ -50,22 +56,22 @@ def list_models(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.blazepose.landmarks import VARIANTS
-
-    parser = argparse.ArgumentParser(prog="posepipe models", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    get = commands.add_parser("fetch", help="import the BlazePose weights (lite, full, heavy) as checkpoints")
+    parser = ArgumentParser("models", __doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    get = commands.add_parser("fetch", help="import the BlazePose weights (lite, full, heavy) as checkpoints",
+                              command="models fetch")
     get.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                     help="landmark nets to import (default: all three)")
+                     help="landmark nets to import")
     get.add_argument("--out", help="folder or URI for the checkpoints (default: the model cache)")
     get.add_argument("--archive", help="local copy of the npm package tarball, instead of downloading it")
     get.add_argument("--force", action="store_true", help="import again even where a checkpoint is current")
-    get.add_argument("--storage-options", default="{}", help="fsspec options for --out as JSON")
+    get.add_argument("--storage-options", default="{}", help="fsspec options for --out as JSON, e.g. "
+                                                             "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
     get.set_defaults(handler=fetch)
-    commands.add_parser("list", help="the models a run can name, and where they are").set_defaults(
-        handler=list_models)
+    commands.add_parser("list", help="the models a run can name, and where they are",
+                        command="models list").set_defaults(handler=list_models)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     return args.handler(args)
 
 

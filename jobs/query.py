@@ -11,30 +11,29 @@ Exit status: 0 done, 2 bad arguments, a missing output or an SQL error.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
-import pandas as pd
-import yaml
+from jobs.cli import ArgumentParser, UsageError, configure_logging, fail
 
+if TYPE_CHECKING:
+    import argparse
 
-EXIT_OK, EXIT_USAGE = 0, 2
+    import duckdb
+    import pandas as pd
 
-
-class UsageError(ValueError):
-    """Arguments that cannot be used (a missing output, an unknown video id); the message says what to do."""
+EXIT_OK = 0
 
 
 def parse_storage_options(items: list[str]) -> dict[str, Any]:
     """`["endpoint_url=http://x:9000", "anon=true"]` -> {"endpoint_url": "http://x:9000", "anon": True}.
 
-    Values are YAML scalars. (Not `pipeline.config.apply_overrides`: importing that module loads torch, seconds of
-    start-up for a query.)
+    Values are YAML scalars.
     """
+    import yaml
+
     options: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -78,14 +77,12 @@ def print_frame(df: pd.DataFrame, csv: bool, max_rows: int) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="posepipe query", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    parser = ArgumentParser("query", __doc__)
     add_output_arguments(parser)
     parser.add_argument("sql", nargs="?", help="SQL over the views frames, tracks, videos, errors, runs")
     parser.add_argument("--tables", action="store_true", help="list the views with their row and column counts")
     parser.add_argument("--csv", action="store_true", help="print CSV (every row) instead of a table")
-    parser.add_argument("--max-rows", type=int, default=50, help="rows printed as a table (default 50)")
+    parser.add_argument("--max-rows", type=int, default=50, help="rows printed as a table")
     parser.add_argument("--coco", metavar="VIDEO_ID", help="COCO keypoint results of this video (JSON)")
     parser.add_argument("--image-id-offset", type=int, default=0,
                         help="with --coco: image_id = frame_index + this (1 for ground truth numbered from 1)")
@@ -97,11 +94,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    configure_logging()
+    import duckdb
+
     from pipeline.coco_export import video_results, write_coco_results
     from pipeline.query import table_counts
 
-    args = parse_args(argv)
     try:
         storage_options = parse_storage_options(args.storage_options)
         con = open_output(args.output, storage_options)
@@ -118,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print_frame(con.execute(args.sql).df(), args.csv, args.max_rows)
     except (UsageError, KeyError, duckdb.Error) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"posepipe query: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
     return EXIT_OK
 
 

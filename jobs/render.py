@@ -10,13 +10,17 @@ Exit status: 0 written, 2 bad arguments, unknown video id or unreadable source v
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-import duckdb
+from jobs.cli import ArgumentParser, UsageError, configure_logging, fail
+from jobs.query import EXIT_OK, add_output_arguments, open_output, parse_storage_options
 
-from jobs.query import EXIT_OK, EXIT_USAGE, UsageError, add_output_arguments, open_output, parse_storage_options
+if TYPE_CHECKING:
+    import argparse
+
+    import duckdb
 
 logger = logging.getLogger("posepipe.render")
 
@@ -33,9 +37,7 @@ def source_uri(con: duckdb.DuckDBPyConnection, video_id: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="posepipe render", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    parser = ArgumentParser("render", __doc__)
     add_output_arguments(parser)
     parser.add_argument("--video-id", help="the video to render (frames.video_id)")
     parser.add_argument("--source-video", help="path or URI of the source video (default: the frames table's uri)")
@@ -44,11 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--sheet", help="write a contact sheet PNG here instead")
     what.add_argument("--summary", help="write the run summary plot PNG here (no --video-id needed)")
     parser.add_argument("--max-frames", type=int, default=None, help="clip: only the first N frames")
-    parser.add_argument("--frames", type=int, default=12, help="sheet: number of frames (default 12)")
-    parser.add_argument("--columns", type=int, default=None, help="sheet: tiles per row (default ceil(sqrt(N)))")
-    parser.add_argument("--tile-width", type=int, default=320, help="sheet: tile width in pixels (default 320)")
+    parser.add_argument("--frames", type=int, default=12, help="sheet: number of frames")
+    parser.add_argument("--columns", type=int, default=None, help="sheet: tiles per row (default: ceil(sqrt(N)))")
+    parser.add_argument("--tile-width", type=int, default=320, help="sheet: tile width in pixels")
     parser.add_argument("--bin-seconds", type=float, default=None,
-                        help="summary: time bin (default 60 s, finer for footage under 10 minutes)")
+                        help="summary: time bin in seconds (default: 60, finer for footage under 10 minutes)")
     args = parser.parse_args(argv)
     if (args.out or args.sheet) and not args.video_id:
         parser.error("--out and --sheet need --video-id (list ids with `posepipe query OUTPUT "
@@ -57,11 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    configure_logging()
+    import duckdb
+
     from pipeline.decode import DecodeError
     from pipeline.render import plot_summary, render_clip, render_contact_sheet
 
-    args = parse_args(argv)
     try:
         storage_options = parse_storage_options(args.storage_options)
         con = open_output(args.output, storage_options)
@@ -79,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  args.tile_width, storage_options)
             print(f"contact sheet {width}x{height} of {args.video_id} written to {args.sheet}")
     except (UsageError, DecodeError, duckdb.Error) as exc:
-        print(f"posepipe render: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(exc)
     return EXIT_OK
 
 

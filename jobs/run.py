@@ -1,5 +1,9 @@
 """`posepipe run`: a folder or archive of videos in, keypoint tracks as hive-partitioned Parquet out.
 
+    posepipe run --input videos/ --output poses/
+    posepipe run --input s3://bucket/videos --output s3://bucket/poses --set decode.fps=5
+    posepipe run --input videos/ --output poses/ --config configs/cluster.yaml --show-config
+
     read (driver lists refs) -> decode (CPU actors, decord) -> infer (GPU/CPU actors: network, peaks, grouping)
     -> assemble per video (driver) -> track -> write Parquet (atomic, one file per video and table)
 
@@ -8,20 +12,24 @@ Exit status: 0 clean, 3 partial (some videos failed, the rest written), 1 failed
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.config import DEFAULT_RUN_CONFIG, ConfigError, RunConfig, add_config_arguments, config_hash, load_config
+from jobs.cli import ArgumentParser, UsageError, add_config_arguments, configure_logging, fail, verbose
+
+if TYPE_CHECKING:
+    import argparse
+
+    from pipeline.config import RunConfig
 
 logger = logging.getLogger("posepipe.run")
 
@@ -66,6 +74,51 @@ class RunSummary:
         return self.frames / self.processing_seconds if self.processing_seconds > 0 else 0.0
 
 
+class Progress:
+    """Videos and frames done, frames/s and the time left, on stderr: a tqdm bar on a terminal; elsewhere (a
+    scheduler's log) a plain line every `every_s` seconds."""
+
+    def __init__(self, videos: int, every_s: float = 30.0):
+        self.total, self.videos, self.frames, self.every_s = videos, 0, 0, every_s
+        self.printed = time.monotonic()
+        self.started: float | None = None   # rates count from the first rows, as the summary's (start-up apart)
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            # the size from COLUMNS/LINES or the terminal, 80x24 where it reports none (tqdm would draw nothing)
+            columns, lines = shutil.get_terminal_size()
+            self.bar = tqdm(total=videos, unit="video", file=sys.stderr, leave=False, desc="posepipe run",
+                            ncols=columns, nrows=lines)
+
+    def update(self, frames: int = 0, videos: int = 0) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+            if self.bar is not None:
+                self.bar.reset()                # tqdm's clock too: its rate and ETA leave out the start-up
+        self.frames += frames
+        self.videos += videos
+        elapsed = time.monotonic() - self.started
+        rate = f", {self.frames / elapsed:.1f} frames/s" if elapsed >= 1 else ""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.frames} frames{rate}", refresh=not videos)
+            self.bar.update(videos)
+        elif time.monotonic() - self.printed >= self.every_s:
+            self.printed = time.monotonic()
+            print(f"posepipe: {self.videos}/{self.total} videos, {self.frames} frames{rate}, {self.time_left()} left",
+                  file=sys.stderr, flush=True)
+
+    def time_left(self) -> str:
+        if not self.videos or self.started is None:
+            return "time"
+        seconds = (time.monotonic() - self.started) / self.videos * (self.total - self.videos)
+        return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def redact(value: Any) -> Any:
     """The config as written into outputs: values of credential-like keys replaced."""
     if isinstance(value, dict):
@@ -88,19 +141,31 @@ def code_version() -> str:
 
 
 def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
-    """Everything that can fail fast, before Ray starts: input listing and the checkpoint's metadata."""
+    """Everything that can fail fast, before Ray starts: input listing, the output path, and the checkpoint's
+    metadata."""
     from pipeline.checkpoint import read_metadata
-    from pipeline.read import list_videos
+    from pipeline.config import ConfigError
+    from pipeline.plan import is_topdown
+    from pipeline.read import VIDEO_EXTENSIONS, list_videos
+    from pipeline.storage import resolve
 
     if not config.input or not config.output:
-        raise ConfigError("both --input (videos) and --output (Parquet destination) are required")
+        raise ConfigError("both --input (videos) and --output (Parquet destination) are required, e.g. "
+                          "`posepipe run --input videos/ --output poses/`")
+    fs, root = resolve(config.output, config.storage_options)
+    if fs.isfile(root):
+        raise ConfigError(f"--output {config.output!r} is a file; give a folder or URI prefix for the tables (it is "
+                          f"created if missing)")
     refs = list_videos(config.input, config.storage_options)
+    if not refs:
+        raise ConfigError(f"--input {config.input!r} holds no videos (looked for {', '.join(VIDEO_EXTENSIONS)} files "
+                          f"in it and its subfolders); check the path, or convert the videos to one of these")
     try:
         meta = read_metadata(config.model.checkpoint, storage_options=config.storage_options)
     except FileNotFoundError as exc:
-        raise ConfigError(f"model.checkpoint {config.model.checkpoint!r} not found ({exc}); import the default with "
-                          f"`posepipe models fetch`, train one with `posepipe train`, or point --set "
-                          f"model.checkpoint=URI at an existing file") from None
+        raise ConfigError(f"model.checkpoint {config.model.checkpoint!r} not found ({exc}); `posepipe models list` "
+                          f"names the models a run can use, or point --set model.checkpoint=URI at an existing "
+                          f"file") from None
     if is_topdown(meta):
         if config.model.flip_test:
             raise ConfigError("model.flip_test applies to bottom-up checkpoints only; the top-down model has none")
@@ -111,160 +176,13 @@ def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
     return refs, meta
 
 
-def is_topdown(meta: dict) -> bool:
-    from pipeline.blazepose.weights import CHECKPOINT_KIND
-
-    return meta.get("kind") == CHECKPOINT_KIND
-
-
-def init_ray(config: RunConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if config.ray.address:
-        ray.init(address=config.ray.address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
-
-
-@dataclass(frozen=True)
-class Pools:
-    """The actor pools of a run and what each actor reserves."""
-    decode: int                # decode actors
-    infer: int                 # inference actors
-    decode_cpus: float         # CPUs each decode actor reserves (`decode_cpus`)
-    infer_gpus: float          # GPUs each inference actor reserves; 0: inference on CPU
-    threads: int | None        # torch threads per inference actor; None: torch's default (GPU actors)
-
-
-def pool_sizes(config: RunConfig) -> Pools:
-    """The pools of `config` on the connected Ray cluster (`plan_pools` over its resources)."""
-    import ray
-
-    resources = ray.cluster_resources()
-    return plan_pools(config, float(resources.get("CPU", 1)), int(resources.get("GPU", 0)),
-                      float(resources.get("memory", 0)))
-
-
-def plan_pools(config: RunConfig, cpus: float, gpus: int, memory: float) -> Pools:
-    """Pools from config and a cluster's CPUs, GPUs and memory (bytes): one inference actor per GPU (or per
-    `model.cpus_per_worker` CPUs left by a quarter of the CPUs decoding), shrunk to fit the memory reservations;
-    a CPU inference actor runs an equal share of all the CPUs as torch threads."""
-    use_gpu = gpus > 0 and config.model.device in ("auto", "cuda")
-    decode = config.decode.workers or max(1, int(cpus) // 4)
-    infer = config.model.workers or (gpus if use_gpu else max(1, (int(cpus) - decode)
-                                                                // max(1, int(config.model.cpus_per_worker))))
-    decode, infer = fit_memory(decode, infer, config, memory)
-    infer_gpus = 1.0 if use_gpu else 0.0
-    # CPU actors share all the CPUs: decoders and the driver use a fraction of theirs (5.5 and 9 ms a frame against
-    # 37 for inference on 2 CPUs), so 2 threads on 2 CPUs ran the pipeline 1.19x faster than the 1 reserved
-    threads = config.model.threads or (None if use_gpu else max(1, int(config.model.cpus_per_worker),
-                                                                 int(cpus) // infer))
-    return Pools(decode, infer, decode_cpus(decode, infer, config, cpus, infer_gpus), infer_gpus, threads)
-
-
-def memory_bytes(gb: float | None) -> int:
-    return int(gb * 2**30) if gb else 0
-
-
-def fit_memory(decode: int, infer: int, config: RunConfig, available: float) -> tuple[int, int]:
-    """Shrink the pools until their memory reservations fit the cluster: an actor Ray cannot place would stay
-    pending and stall the job. Raises ConfigError when not even one actor of each fits."""
-    per_decode, per_infer = memory_bytes(config.decode.memory_gb), memory_bytes(config.model.memory_gb)
-    if per_decode + per_infer > available:
-        raise ConfigError(f"decode.memory_gb + model.memory_gb = {(per_decode + per_infer) / 2**30:.1f} GB, but the "
-                          f"cluster offers {available / 2**30:.1f} GB of memory to Ray tasks: one actor of each must "
-                          f"fit; lower them or add nodes")
-    wanted = (decode, infer)
-    while decode * per_decode + infer * per_infer > available:
-        if infer > 1 and (infer * per_infer >= decode * per_decode or decode == 1):
-            infer -= 1
-        else:
-            decode -= 1
-    if (decode, infer) != wanted:
-        logger.warning("memory reservations fit %d decode and %d inference actors (asked for %d and %d)",
-                       decode, infer, *wanted)
-    return decode, infer
-
-
-def decode_cpus(decode: int, infer: int, config: RunConfig, cpus: float, gpus: float) -> float:
-    """CPUs each decode actor reserves: one, or an equal share of what the inference actors leave.
-
-    Ray places an actor only where its CPUs are free, so pools that ask for more CPUs than the cluster has leave the
-    inference actors pending until decoding ends (measured: 2 decode + 1 inference actor on 2 CPUs ran 3.4
-    frames/s instead of 65). Decode actors then share the cores left, and the OS scheduler shares the time.
-    Raises ConfigError when the inference actors alone take every CPU.
-    """
-    left = cpus - (0.0 if gpus else infer * config.model.cpus_per_worker)
-    if left <= 0:
-        raise ConfigError(f"model.workers x model.cpus_per_worker = {infer} x {config.model.cpus_per_worker:g} CPUs "
-                          f"take all {cpus:g} CPUs of the cluster and leave none to decode; lower them or add nodes")
-    share = min(1.0, left / decode)
-    if share < 1.0:
-        logger.warning("%d decode actors share %.2g CPUs (%.2g each) beside %d inference actors", decode, left,
-                       share, infer)
-    return share
-
-
-def build_dataset(refs: list[dict], config: RunConfig, input_size: int, topdown: bool = False):
-    """The Ray Data plan: refs -> decoded frame batches -> per-person rows.
-
-    A top-down model gets whole decoded batches (one video's consecutive frames, starting at a multiple of
-    `decode.batch_size`): it follows people from frame to frame within a batch, so batches Ray cut elsewhere would
-    move where its detector runs, and the same video would not always give the same rows.
-    """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from pipeline.decode import FrameDecoder
-    from pipeline.inference import PoseEstimator
-
-    pools = pool_sizes(config)
-    logger.info("decode actors %d (%.2g CPUs each), inference actors %d (GPUs each %.0f)", pools.decode,
-                pools.decode_cpus, pools.infer, pools.infer_gpus)
-    # Fault tolerance: a dead actor always restarts and its batch is retried `max_task_retries` times (replayed
-    # rows overwrite, see VideoAssembler); a batch that fails every retry is dropped and its videos get error rows.
-    retries = dict(max_restarts=-1, max_task_retries=config.ray.max_task_retries)
-    # Ray 2.60 names no parameter for these two, only the deprecated remote-args kwargs; tests/test_faults.py
-    # kills actors mid-run, so a Ray that drops them fails there.
-    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-    ds = ray.data.from_items(refs, override_num_blocks=max(1, len(refs)))
-    ds.context.max_errored_blocks = config.ray.max_failed_batches
-    # One block per decoded batch. By default Ray Data merges a generator's yields into blocks of up to 128 MiB, so
-    # a long video became one block holding all its frames (measured: 600 frames at 256 px -> 1 block of 118 MB);
-    # at batch size the frames stream and the object-store bound below applies batch by batch.
-    ds.context.target_max_block_size = config.decode.batch_size * (input_size * input_size * 3 + 4096)  # + columns
-    if config.ray.buffered_batches:  # bound frames waiting in the object store: memory set by config, not archive
-        frame_bytes = input_size * input_size * 3                          # uint8 (S, S, 3)
-        limit = config.ray.buffered_batches * (pools.decode + pools.infer) * config.decode.batch_size * frame_bytes
-        limits = ds.context.execution_options.resource_limits
-        ds.context.execution_options.resource_limits = limits.copy(object_store_memory=limit)
-    ds = ds.map_batches(
-        FrameDecoder, batch_size=1, compute=ActorPoolStrategy(size=pools.decode), num_cpus=pools.decode_cpus,
-        memory=memory_bytes(config.decode.memory_gb), **retries,
-        fn_constructor_kwargs=dict(size=input_size, every_nth=config.decode.every_nth, fps=config.decode.fps,
-                                   max_frames=config.decode.max_frames, batch_size=config.decode.batch_size,
-                                   threads=config.decode.threads, storage_options=config.storage_options,
-                                   cache_dir=config.decode.cache_dir, timeout_s=config.decode.timeout_s))
-    ds = ds.map_batches(
-        PoseEstimator, batch_size=None if topdown else config.model.batch_size,
-        compute=ActorPoolStrategy(size=pools.infer),
-        num_gpus=pools.infer_gpus, num_cpus=0 if pools.infer_gpus else config.model.cpus_per_worker,
-        memory=memory_bytes(config.model.memory_gb), **retries,
-        fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
-                                   precision=config.model.precision, flip_test=config.model.flip_test,
-                                   grouping=config.grouping, topdown=config.topdown, threads=pools.threads,
-                                   compile_model=config.model.compile,
-                                   storage_options=config.storage_options))
-    return ds
-
-
 def run(config: RunConfig) -> RunSummary:
     """Run the whole job; returns the summary (also written to the `runs` table)."""
     from pipeline.assembly import VideoAssembler, VideoRows, track
     from pipeline.checkpoint import resolve_checkpoint
+    from pipeline.config import config_hash
     from pipeline.manifest import Manifest, outputs_hash
+    from pipeline.plan import build_dataset, init_ray, is_topdown
     from pipeline.write import OutputWriter
 
     started = dt.datetime.now(dt.timezone.utc)
@@ -318,14 +236,19 @@ def run(config: RunConfig) -> RunSummary:
         summary.finished.append((time.perf_counter() - t0, len(frames)))
 
     if refs:
-        init_ray(config)
+        init_ray(config, verbose())
         assembler = VideoAssembler()
         size = config.model.frame_size or int(meta["input_size"])
-        for batch in build_dataset(refs, config, size, is_topdown(meta)).iter_batches(batch_format="numpy",
-                                                                                    batch_size=None):
+        dataset = build_dataset(refs, config, size, is_topdown(meta), verbose())
+        progress = Progress(len(refs))
+        for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
             summary.startup_seconds = summary.startup_seconds or time.perf_counter() - t0
-            for video in assembler.add(batch):
+            done = assembler.add(batch)
+            # every frame has a row with person_index 0, or its one placeholder row (-1) when nobody is in it
+            progress.update(int(((batch["person_index"] <= 0) & ~batch["is_end"]).sum()), len(done))
+            for video in done:
                 finish(by_id[video.video_id], video)
+        progress.close()
         for video in assembler.pending.values():  # only if a stage lost rows: recorded, never silently dropped
             video.error = video.error or ("assemble|Incomplete|some of the video's batches failed every retry "
                                           "(see the Ray log); the frames that arrived are kept")
@@ -381,14 +304,17 @@ def print_summary(summary: RunSummary) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="posepipe run", description=__doc__.split("\n")[0])
-    parser.add_argument("--input", help="folder, video file or URI of the archive (overrides `input:`)")
-    parser.add_argument("--output", help="folder or URI for the Parquet tables (overrides `output:`)")
-    add_config_arguments(parser, DEFAULT_RUN_CONFIG)
+    parser = ArgumentParser("run", __doc__)
+    parser.add_argument("--input", help="folder, video file or URI of the archive (s3://bucket/videos); overrides "
+                                        "the config's `input`")
+    parser.add_argument("--output", help="folder or URI for the Parquet tables; overrides the config's `output`")
+    add_config_arguments(parser, "decode.fps=5")
     return parser.parse_args(argv)
 
 
 def load_run_config(args: argparse.Namespace) -> RunConfig:
+    from pipeline.config import RunConfig, load_config
+
     overrides = list(args.overrides)
     overrides += [f"input={args.input}"] if args.input else []
     overrides += [f"output={args.output}"] if args.output else []
@@ -396,17 +322,21 @@ def load_run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    configure_logging()
     from pipeline.checkpoint import CheckpointError
+    from pipeline.config import ConfigError, dump_config
     from pipeline.manifest import ManifestError
     from pipeline.read import InputError
 
-    args = parse_args(argv)
     try:
-        summary = run(load_run_config(args))
-    except (ConfigError, InputError, CheckpointError, ManifestError) as exc:
-        print(f"posepipe run: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        config = load_run_config(args)
+        if args.show_config:
+            print(dump_config(config), end="")
+            return EXIT_CLEAN
+        summary = run(config)
+    except (ConfigError, InputError, CheckpointError, ManifestError, UsageError) as exc:
+        return fail(exc)
     print_summary(summary)
     return summary.exit_code
 

@@ -1,6 +1,6 @@
-"""`python -m jobs.train`: train PoseNet with Ray Train from configs/train.yaml plus `--set key=value` overrides.
+"""`posepipe train`: train the bottom-up PoseNet with Ray Train, configs/train.yaml plus `--set key=value` changes.
 
-    python -m jobs.train --config configs/train.yaml --set optim.epochs=2 --set run.output=runs/try
+    posepipe train --set optim.epochs=2 --set run.output=runs/try
 
 With no data configured (data.train / data.val null) the synthetic generator writes the sets once into
 data.generate.cache_dir, so the default run needs no download. Re-running the same command after an interruption
@@ -9,27 +9,30 @@ resumes after the last finished epoch. Exit status: 0 trained, 2 bad config, 1 t
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 
-from pipeline.config import CONFIG_DIR, ConfigError, add_config_arguments, load_config
-from pipeline.training import TrainConfig, run_training
+from jobs.cli import ArgumentParser, add_config_arguments, configure_logging, fail
 
 logger = logging.getLogger("posepipe.train")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.split("\n")[0])
-    add_config_arguments(parser, CONFIG_DIR / "train.yaml")
+    parser = ArgumentParser("train", __doc__)
+    add_config_arguments(parser, "optim.epochs=2", default_file="configs/train.yaml")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(logging.INFO)
+    from pipeline.config import CONFIG_DIR, ConfigError, dump_config, load_config
+    from pipeline.training import TrainConfig, run_training
+
     try:
-        config = load_config(TrainConfig, args.config, args.overrides)
+        config = load_config(TrainConfig, args.config or CONFIG_DIR / "train.yaml", args.overrides)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return fail(exc)
+    if args.show_config:
+        print(dump_config(config), end="")
+        return 0
     try:
         last = run_training(config)
     except Exception:  # noqa: BLE001 - a job reports any failure as its exit status

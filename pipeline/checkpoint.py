@@ -241,7 +241,7 @@ def load_payload(uri: str, map_location: Any, storage_options: dict | None) -> A
         data = fs.cat_file(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {uri}; check the path, or train one with "
-                                f"`python -m jobs.train`") from None
+                                f"`posepipe train`") from None
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as exc:

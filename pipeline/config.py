@@ -6,7 +6,8 @@ here embed them, so every default is defined once, next to the code it tunes.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -63,24 +64,53 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: "
+                          f"{getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
     return data
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+def format_validation_error(error: ValidationError, source: str, model: type[BaseModel]) -> str:
+    """One line naming each offending key, what came, and for a misspelt key the closest valid one."""
+    problems = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = "unknown key (check the spelling, or see configs/ for the valid keys)" \
-            if item["type"] in ("extra_forbidden", "unexpected_keyword_argument") else item["msg"]
-        lines.append(f"  {key}: {message}; got {item.get('input')!r}")
-    return "\n".join(lines)
+        loc = [str(part) for part in item["loc"]]
+        key = ".".join(loc) or "<root>"
+        if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            valid = section_keys(model, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+            hint = f"did you mean {'.'.join(loc[:-1] + close[:1])!r}?" if close else \
+                f"valid keys here: {', '.join(valid)}"
+            problems.append(f"{key}: unknown key ({hint})")
+        else:
+            problems.append(f"{key}: {item['msg']}, got {item.get('input')!r}")
+    return f"invalid config ({source}): " + "; ".join(problems)
+
+
+def section_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The field names of the config section at `path` (a dotted key's parents); [] when it is not a section."""
+    section: Any = model
+    for part in path:
+        fields = section_fields(section)
+        section = fields.get(part)
+    return list(section_fields(section))
+
+
+def section_fields(section: Any) -> dict[str, Any]:
+    """{name: type} of a pydantic model or a dataclass (the math modules' configs); {} for anything else."""
+    if isinstance(section, type) and issubclass(section, BaseModel):
+        return {name: field.annotation for name, field in section.model_fields.items()}
+    if isinstance(section, type) and dataclasses.is_dataclass(section):
+        return {field.name: field.type for field in dataclasses.fields(section)}
+    return {}
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
-    """Build a config of type `cls` from an optional YAML file plus `key=value` overrides.
+    """Build a config of type `cls` from the code's defaults, an optional YAML file of changes, then `key=value`
+    overrides.
 
     Raises:
         ConfigError: naming the offending key, what was expected and what came.
@@ -92,14 +122,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         return cls.model_validate(data)
     except ValidationError as exc:
         source = " + ".join(filter(None, [str(path) if path else "", " ".join(f"--set {o}" for o in overrides)]))
-        raise ConfigError(format_validation_error(exc, source or "defaults")) from None
+        raise ConfigError(format_validation_error(exc, source or "defaults", cls)) from None
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default: str | Path | None) -> None:
-    parser.add_argument("--config", default=str(default) if default else None,
-                        help=f"YAML config file (default: {default})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set decode.fps=5 (repeatable)")
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML, every key with its value (what `--show-config` prints)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
 def config_hash(config: BaseModel) -> str:
@@ -119,7 +147,6 @@ from pipeline.blazepose.topdown import TopDownConfig  # noqa: E402
 from pipeline.grouping import GroupingConfig  # noqa: E402
 from pipeline.tracking import TrackerConfig  # noqa: E402
 
-DEFAULT_RUN_CONFIG = CONFIG_DIR / "default.yaml"
 DEFAULT_CHECKPOINT = "blazepose-heavy"           # imported real-trained weights, see pipeline/blazepose/weights.py
 
 
@@ -133,7 +160,7 @@ class DecodeSettings(StrictModel):
     timeout_s: PositiveFloat = 900.0             # a video whose decoder keeps its actor waiting longer becomes an error
                                                  # row (type Timeout); time spent waiting on inference does not count
     memory_gb: PositiveFloat | None = None       # memory reserved per decode actor (Ray `memory`, see RaySettings);
-                                                 # measured ~0.4 GB idle, ~0.9 GB peak on 4K; None: nothing reserved
+                                                 # None: estimated from the frames it holds (pipeline.plan)
     cache_dir: str | None = None                 # local folder for remote videos while they decode (default: tmp)
 
 
@@ -158,7 +185,8 @@ class ModelSettings(StrictModel):
     threads: PositiveInt | None = None           # torch threads per CPU actor; None: an equal share of the
                                                  # cluster's CPUs (decoders and the driver use few of theirs)
     cpus_per_worker: PositiveFloat = 1.0         # CPUs reserved by each inference actor
-    memory_gb: PositiveFloat | None = None       # memory reserved per inference actor (Ray `memory`); None: nothing
+    memory_gb: PositiveFloat | None = None       # memory reserved per inference actor (Ray `memory`); None:
+                                                 # estimated for the model kind (pipeline.plan)
 
 
 class WriteSettings(StrictModel):
@@ -181,7 +209,8 @@ class RaySettings(StrictModel):
                                                  # actors always restart. A batch that fails them all gives its
                                                  # videos error rows instead of looping on a video that kills it
     max_failed_batches: int = Field(10, ge=-1)   # batches that may fail every retry before the run stops (-1: any)
-    buffered_batches: PositiveInt | None = 4     # decoded batches held ahead per actor (object store); None: Ray's
+    buffered_batches: PositiveInt | None = 4     # batches of frames (the larger of decode.batch_size and the
+                                                 # model's) held ahead per actor in the object store; None: Ray's
                                                  # default, which lets fast decoders fill ~200 MB ahead of the model
 
 

@@ -22,11 +22,11 @@ import pytest
 
 import faults
 from conftest import encode_video
-from jobs.run import (EXIT_USAGE, Pools, decode_cpus, fit_memory, load_run_config, main, parse_args, plan_pools,
-                     run)
+from jobs.run import EXIT_USAGE, load_run_config, main, parse_args, run
 from pipeline.assembly import VideoAssembler
 from pipeline.config import ConfigError, RunConfig
 from pipeline.decode import FrameDecoder
+from pipeline.plan import Pools, actor_memory, decode_cpus, fit_memory, plan_pools
 from pipeline.preprocess import Letterbox
 from pipeline.read import make_video_id
 
@@ -233,11 +233,18 @@ def test_replayed_batches_overwrite_and_never_return_a_video_twice():
 # --- memory budget -------------------------------------------------------------------------------------------
 
 def test_pools_shrink_to_fit_memory_reservations_or_fail_clearly():
+    GB = 2**30
+    assert fit_memory(2, 4, 2 * GB, 4 * GB, 10 * GB) == (2, 1)         # 2*2 + 1*4 <= 10 GB
+    assert fit_memory(1, 1, 0, 0, 0) == (1, 1)                         # nothing reserved: nothing to fit
+    with pytest.raises(ConfigError, match="reserve 2.0 \\+ 4.0 GB"):
+        fit_memory(1, 1, 2 * GB, 4 * GB, 5 * GB)
     config = RunConfig.model_validate({"decode": {"memory_gb": 2}, "model": {"memory_gb": 4}})
-    assert fit_memory(2, 4, config, 10 * 2**30) == (2, 1)              # 2*2 + 1*4 <= 10 GB
-    assert fit_memory(1, 1, RunConfig(), 0) == (1, 1)                  # nothing reserved: nothing to fit
-    with pytest.raises(ConfigError, match="decode.memory_gb \\+ model.memory_gb = 6.0 GB"):
-        fit_memory(1, 1, config, 5 * 2**30)
+    assert actor_memory(config, 1024, topdown=True) == (2 * GB, 4 * GB)  # what the config sets wins
+    decode, infer = actor_memory(RunConfig(), 1024, topdown=True)      # else estimated: frames held, model kind
+    assert decode == int(0.3 * GB) + 3 * 32 * 1024 * 1024 * 3 and infer == 3 * GB
+    assert actor_memory(RunConfig(), 256)[1] == 1 * GB and actor_memory(RunConfig(), None) == (0, 0)
+    pools = plan_pools(RunConfig(), cpus=16, gpus=0, memory=8 * GB, input_size=1024, topdown=True)
+    assert (pools.decode, pools.infer, pools.infer_memory) == (4, 1, 3 * GB)  # 4 + 12 asked, memory fits 4 + 1
 
 
 def test_decode_actors_share_the_cpus_inference_leaves_so_no_actor_waits():

@@ -77,8 +77,8 @@ def test_run_writes_queryable_partitioned_parquet(ray_local, archive, random_che
     # a rerun skips the unchanged videos, retries the broken one, and still lists all three
     again = run(config_for(archive, random_checkpoint, "--set", "decode.every_nth=2"))
     assert (again.videos_skipped, again.videos_failed) == (2, 1)
-    latest = connect(str(out)).execute("SELECT uri, status, rows_run_id, frames FROM videos WHERE run_id = ? ORDER BY uri",
-                                  [again.run_id]).df()
+    latest = connect(str(out)).execute("SELECT uri, status, rows_run_id, frames FROM videos WHERE run_id = ? "
+                                       "ORDER BY uri", [again.run_id]).df()
     assert latest["status"].tolist() == ["skipped", "failed", "skipped"]
     assert latest.loc[latest.status == "skipped", "rows_run_id"].eq(summary.run_id).all()
     assert latest.loc[latest.status == "skipped", "frames"].isna().all()
@@ -106,7 +106,7 @@ def test_a_long_video_streams_through_in_batch_sized_blocks(ray_local, tmp_path,
     """Ray Data would merge a generator's yields into 128 MiB blocks: a long video must not become one block."""
     import re
 
-    from jobs.run import build_dataset
+    from pipeline.plan import build_dataset
     from pipeline.read import list_videos
 
     encode_video(tmp_path / "in" / "long.mp4", num_frames=120, width=160, height=120)

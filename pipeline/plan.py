@@ -1,0 +1,222 @@
+"""Planning a run on a Ray cluster: actor pool sizes that fit its CPUs, GPUs and memory, and the Ray Data plan
+(read -> decode actors -> inference actors) that `posepipe run` and the benchmark execute."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+from pipeline.config import ConfigError, RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+def is_topdown(meta: dict) -> bool:
+    from pipeline.blazepose.weights import CHECKPOINT_KIND
+
+    return meta.get("kind") == CHECKPOINT_KIND
+
+
+def init_ray(config: RunConfig, verbose: bool = True) -> None:
+    """Connect to `ray.address`, or start Ray in this process. Not `verbose`: Ray's own log lines (start-up, the
+    workers' output, the core worker's notes) stay in Ray's log files, and only its errors show."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not verbose:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")   # C++ notes of the driver's core worker
+    quiet = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
+    with contextlib.nullcontext() if verbose else native_stderr_to_devnull():
+        if config.ray.address:
+            ray.init(address=config.ray.address, **quiet)
+        else:
+            ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, **quiet)
+
+
+@contextlib.contextmanager
+def native_stderr_to_devnull() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a while: the core worker announces its log level on stderr as it starts,
+    whatever that level is. Python exceptions still propagate; they are raised, not printed."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The actor pools of a run and what each actor reserves."""
+    decode: int                # decode actors
+    infer: int                 # inference actors
+    decode_cpus: float         # CPUs each decode actor reserves (`decode_cpus`)
+    infer_gpus: float          # GPUs each inference actor reserves; 0: inference on CPU
+    threads: int | None        # torch threads per inference actor; None: torch's default (GPU actors)
+    decode_memory: int = 0     # bytes of Ray `memory` each decode actor reserves
+    infer_memory: int = 0      # ... and each inference actor
+
+
+def pool_sizes(config: RunConfig, input_size: int | None = None, topdown: bool = False) -> Pools:
+    """The pools of `config` on the connected Ray cluster (`plan_pools` over its resources)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return plan_pools(config, float(resources.get("CPU", 1)), int(resources.get("GPU", 0)),
+                      float(resources.get("memory", 0)), input_size, topdown)
+
+
+def plan_pools(config: RunConfig, cpus: float, gpus: int, memory: float, input_size: int | None = None,
+               topdown: bool = False) -> Pools:
+    """Pools from config and a cluster's CPUs, GPUs and memory (bytes): one inference actor per GPU (or per
+    `model.cpus_per_worker` CPUs left by a quarter of the CPUs decoding), shrunk to fit the memory reservations
+    (`actor_memory`; none without `input_size`); a CPU inference actor runs an equal share of all the CPUs as torch
+    threads."""
+    use_gpu = gpus > 0 and config.model.device in ("auto", "cuda")
+    decode = config.decode.workers or max(1, int(cpus) // 4)
+    infer = config.model.workers or (gpus if use_gpu else max(1, (int(cpus) - decode)
+                                                                // max(1, int(config.model.cpus_per_worker))))
+    per_decode, per_infer = actor_memory(config, input_size, topdown)
+    decode, infer = fit_memory(decode, infer, per_decode, per_infer, memory)
+    infer_gpus = 1.0 if use_gpu else 0.0
+    # CPU actors share all the CPUs: decoders and the driver use a fraction of theirs (5.5 and 9 ms a frame against
+    # 37 for inference on 2 CPUs), so 2 threads on 2 CPUs ran the pipeline 1.19x faster than the 1 reserved
+    threads = config.model.threads or (None if use_gpu else max(1, int(config.model.cpus_per_worker),
+                                                                 int(cpus) // infer))
+    return Pools(decode, infer, decode_cpus(decode, infer, config, cpus, infer_gpus), infer_gpus, threads,
+                 per_decode, per_infer)
+
+
+def memory_bytes(gb: float | None) -> int:
+    return int(gb * 2**30) if gb else 0
+
+
+# Peak memory of one actor beside what its frames take, measured with Ray's own per-operator report
+# (docs/performance.md): a decode actor ~0.2 GB, an inference actor ~0.4 GB bottom-up and ~2.4 GB top-down (heavy,
+# 32 frames of 1024 px) in fp32. Reserved with headroom, so Ray places actors where they fit.
+DECODE_BASE_GB = 0.3
+INFER_GB = {False: 1.0, True: 3.0}                 # by topdown
+DECODE_BATCHES_HELD = 3                            # the decoder's queue (2 batches) and the one handed on
+
+
+def actor_memory(config: RunConfig, input_size: int | None, topdown: bool = False) -> tuple[int, int]:
+    """Bytes of Ray `memory` each decode and inference actor reserves: `decode.memory_gb` / `model.memory_gb` when
+    set, else an estimate for the model kind and the frames in flight; (0, 0) for what is unset when the input size
+    is not known (nothing reserved)."""
+    decode, infer = memory_bytes(config.decode.memory_gb), memory_bytes(config.model.memory_gb)
+    if input_size:
+        frames = DECODE_BATCHES_HELD * config.decode.batch_size * input_size * input_size * 3
+        decode = decode or int(DECODE_BASE_GB * 2**30) + frames
+        infer = infer or int(INFER_GB[topdown] * 2**30)
+    return decode, infer
+
+
+def fit_memory(decode: int, infer: int, per_decode: int, per_infer: int, available: float) -> tuple[int, int]:
+    """Shrink the pools until their memory reservations (bytes per actor) fit the cluster: an actor Ray cannot place
+    would stay pending and stall the job. Raises ConfigError when not even one actor of each fits."""
+    if per_decode + per_infer > available:
+        raise ConfigError(f"one decode and one inference actor reserve {per_decode / 2**30:.1f} + "
+                          f"{per_infer / 2**30:.1f} GB (decode.memory_gb, model.memory_gb; estimated when unset), but "
+                          f"the cluster offers {available / 2**30:.1f} GB of memory to Ray tasks; lower them or add "
+                          f"nodes")
+    wanted = (decode, infer)
+    while decode * per_decode + infer * per_infer > available:
+        if infer > 1 and (infer * per_infer >= decode * per_decode or decode == 1):
+            infer -= 1
+        else:
+            decode -= 1
+    if (decode, infer) != wanted:
+        logger.warning("memory reservations fit %d decode and %d inference actors (asked for %d and %d)",
+                       decode, infer, *wanted)
+    return decode, infer
+
+
+def decode_cpus(decode: int, infer: int, config: RunConfig, cpus: float, gpus: float) -> float:
+    """CPUs each decode actor reserves: one, or an equal share of what the inference actors leave.
+
+    Ray places an actor only where its CPUs are free, so pools that ask for more CPUs than the cluster has leave the
+    inference actors pending until decoding ends (measured: 2 decode + 1 inference actor on 2 CPUs ran 3.4
+    frames/s instead of 65). Decode actors then share the cores left, and the OS scheduler shares the time.
+    Raises ConfigError when the inference actors alone take every CPU.
+    """
+    left = cpus - (0.0 if gpus else infer * config.model.cpus_per_worker)
+    if left <= 0:
+        raise ConfigError(f"model.workers x model.cpus_per_worker = {infer} x {config.model.cpus_per_worker:g} CPUs "
+                          f"take all {cpus:g} CPUs of the cluster and leave none to decode; lower them or add nodes")
+    share = min(1.0, left / decode)
+    if share < 1.0:
+        logger.warning("%d decode actors share %.2g CPUs (%.2g each) beside %d inference actors", decode, left,
+                       share, infer)
+    return share
+
+
+def build_dataset(refs: list[dict], config: RunConfig, input_size: int, topdown: bool = False,
+                  verbose: bool = True):
+    """The Ray Data plan: refs -> decoded frame batches -> per-person rows.
+
+    A top-down model gets whole decoded batches (one video's consecutive frames, starting at a multiple of
+    `decode.batch_size`): it follows people from frame to frame within a batch, so batches Ray cut elsewhere would
+    move where its detector runs, and the same video would not always give the same rows.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from pipeline.decode import FrameDecoder
+    from pipeline.inference import PoseEstimator
+
+    pools = pool_sizes(config, input_size, topdown)
+    logger.info("decode actors %d (%.2g CPUs, %.1f GB each), inference actors %d (%.0f GPUs, %.1f GB each)",
+                pools.decode, pools.decode_cpus, pools.decode_memory / 2**30, pools.infer, pools.infer_gpus,
+                pools.infer_memory / 2**30)
+    # Fault tolerance: a dead actor always restarts and its batch is retried `max_task_retries` times (replayed
+    # rows overwrite, see VideoAssembler); a batch that fails every retry is dropped and its videos get error rows.
+    retries = dict(max_restarts=-1, max_task_retries=config.ray.max_task_retries)
+    # Ray 2.60 names no parameter for these two, only the deprecated remote-args kwargs; tests/test_faults.py
+    # kills actors mid-run, so a Ray that drops them fails there.
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+    ds = ray.data.from_items(refs, override_num_blocks=max(1, len(refs)))
+    ds.context.max_errored_blocks = config.ray.max_failed_batches
+    if not verbose:  # posepipe's own progress bar replaces Ray Data's bars and its periodic log lines
+        ds.context.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # One block per decoded batch. By default Ray Data merges a generator's yields into blocks of up to 128 MiB, so
+    # a long video became one block holding all its frames (measured: 600 frames at 256 px -> 1 block of 118 MB);
+    # at batch size the frames stream and the object-store bound below applies batch by batch.
+    ds.context.target_max_block_size = config.decode.batch_size * (input_size * input_size * 3 + 4096)  # + columns
+    if config.ray.buffered_batches:  # bound frames waiting in the object store: memory set by config, not archive
+        frame_bytes = input_size * input_size * 3                          # uint8 (S, S, 3)
+        # a batch: what the inference stage takes at once, so that a whole one always fits (with decoded batches
+        # smaller than model.batch_size, a bound of decoded batches stalled it ~20 s in 1 of 2 runs)
+        batch = max(config.decode.batch_size, 0 if topdown else config.model.batch_size)
+        limit = config.ray.buffered_batches * (pools.decode + pools.infer) * batch * frame_bytes
+        limits = ds.context.execution_options.resource_limits
+        ds.context.execution_options.resource_limits = limits.copy(object_store_memory=limit)
+    ds = ds.map_batches(
+        FrameDecoder, batch_size=1, compute=ActorPoolStrategy(size=pools.decode), num_cpus=pools.decode_cpus,
+        memory=pools.decode_memory, **retries,
+        fn_constructor_kwargs=dict(size=input_size, every_nth=config.decode.every_nth, fps=config.decode.fps,
+                                   max_frames=config.decode.max_frames, batch_size=config.decode.batch_size,
+                                   threads=config.decode.threads, storage_options=config.storage_options,
+                                   cache_dir=config.decode.cache_dir, timeout_s=config.decode.timeout_s))
+    ds = ds.map_batches(
+        PoseEstimator, batch_size=None if topdown else config.model.batch_size,
+        compute=ActorPoolStrategy(size=pools.infer),
+        num_gpus=pools.infer_gpus, num_cpus=0 if pools.infer_gpus else config.model.cpus_per_worker,
+        memory=pools.infer_memory, **retries,
+        fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
+                                   precision=config.model.precision, flip_test=config.model.flip_test,
+                                   grouping=config.grouping, topdown=config.topdown, threads=pools.threads,
+                                   compile_model=config.model.compile,
+                                   storage_options=config.storage_options))
+    return ds
