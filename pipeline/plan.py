@@ -102,11 +102,11 @@ def memory_bytes(gb: float | None) -> int:
     return int(gb * 2**30) if gb else 0
 
 
-# Peak memory of one actor beside what its frames take, measured with Ray's own per-operator report
-# (docs/performance.md): a decode actor ~0.2 GB, an inference actor ~0.4 GB bottom-up and ~2.4 GB top-down (heavy,
-# 32 frames of 1024 px) in fp32. Reserved with headroom, so Ray places actors where they fit.
-DECODE_BASE_GB = 0.3
-INFER_GB = {False: 1.0, True: 3.0}                 # by topdown
+# Peak memory of one actor, measured with Ray Data's per-operator report on the demo: a decode actor 0.47 GB at
+# 1024 px (its frames included), an inference actor 0.33-0.50 GB bottom-up and 2.5 GB top-down (heavy, 32 frames
+# of 1024 px, fp32). Reserved with the 25 % headroom Ray asks for, so Ray places actors where they fit.
+DECODE_BASE_GB = 0.4
+INFER_GB = {False: 1.0, True: 3.5}                 # by topdown
 DECODE_BATCHES_HELD = 3                            # the decoder's queue (2 batches) and the one handed on
 
 

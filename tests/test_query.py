@@ -1,5 +1,5 @@
 """Query side of the outputs: pandas / pyarrow / DuckDB reads, `pipeline.query` views (local, memory://, S3 via moto),
-`to_long`, COCO export scored by pycocotools, `posepipe query`, and the README examples run verbatim."""
+`to_long`, COCO export scored by pycocotools, `posepipe query`, and the recipes of docs/tables.md run verbatim."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pipeline.schema import TABLES
 from pipeline.tracking import UNTRACKED
 from pipeline.write import OutputWriter
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+RECIPES = Path(__file__).resolve().parent.parent / "docs" / "tables.md"   # query recipes with known answers
 DATE = "2026-03-04"
 W, H, FPS = 320, 240, 10
 # A standing person, 160 px tall, feet at y = 200 (offsets from the x of their centre line).
@@ -368,7 +368,7 @@ def test_query_command(output, capsys):
     assert code == 0 and len(json.loads(out)) == 12
 
 
-# --- README examples, run verbatim ------------------------------------------------------------------------------------
+# --- docs/tables.md recipes, run verbatim -------------------------------------------------------------------------
 
 def code_blocks(path: str | Path, language: str, section: str | None = None) -> list[str]:
     """The fenced ```language blocks of a Markdown file (of one `## section` when given), in order."""
@@ -401,20 +401,20 @@ def run_posepipe(command: str) -> int:
 
 
 @pytest.fixture
-def readme_output(tmp_path, monkeypatch):
-    """The working directory of the README: `out/` holds a run's tables, the videos they point at exist."""
+def recipes_output(tmp_path, monkeypatch):
+    """The working directory of the recipes: `out/` holds a run's tables, the videos they point at exist."""
     refs = write_output(str(tmp_path / "out"), videos=tmp_path / "videos")
     monkeypatch.chdir(tmp_path)
     return refs
 
 
-def test_readme_python_examples_run_and_answer_right(readme_output, capsys):
-    blocks = code_blocks(README, "python", "Querying the results")
+def test_python_recipes_run_and_answer_right(recipes_output, capsys):
+    blocks = code_blocks(RECIPES, "python", "Querying the results")
     assert len(blocks) == 3
     spaces = []
     for block in blocks:
-        namespace: dict = {"__name__": "readme"}
-        exec(compile(block, str(README), "exec"), namespace)
+        namespace: dict = {"__name__": "recipes"}
+        exec(compile(block, str(RECIPES), "exec"), namespace)
         spaces.append(namespace)
     pandas_ns, duckdb_ns, query_ns = spaces
     assert pandas_ns["people_per_source"].to_dict() == {"01": 1, "cam1": 2}
@@ -428,10 +428,11 @@ def test_readme_python_examples_run_and_answer_right(readme_output, capsys):
     assert "walk-0123456789" in capsys.readouterr().out
 
 
-def test_readme_shell_examples_run(readme_output, capsys):
-    commands = [c for block in code_blocks(README, "sh", "Querying the results") + code_blocks(README, "sh", "Looking at the results") for c in shell_commands(block)]
+def test_shell_recipes_run(recipes_output, capsys):
+    blocks = code_blocks(RECIPES, "sh", "Querying the results") + code_blocks(RECIPES, "sh", "Looking at the results")
+    commands = [c for block in blocks for c in shell_commands(block)]
     assert len(commands) == 7
-    video_id = readme_output["walk"]["video_id"]
+    video_id = recipes_output["walk"]["video_id"]
     outputs = []
     for command in commands:
         assert run_posepipe(command.replace("VIDEO_ID", video_id)) == 0, command
