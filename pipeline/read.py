@@ -62,7 +62,7 @@ def list_videos(input_uri: str, storage_options: dict[str, Any] | None = None,
         root = posixpath.dirname(root)
     else:
         infos = fs.find(root, detail=True)
-    refs = []
+    refs, renamed = [], {}
     for path, info in sorted(infos.items()):
         # FIFOs and dangling links ("other") are listed too: they get an error row instead of vanishing
         if info.get("type") == "directory" or not path.lower().endswith(extensions):
@@ -73,6 +73,8 @@ def list_videos(input_uri: str, storage_options: dict[str, Any] | None = None,
         parts = relative.split("/")
         source = parts[0] if len(parts) > 1 else (posixpath.basename(root) or "root")
         uri = full_uri(fs, path)
+        if sanitize(source) != source:
+            renamed[source] = sanitize(source)
         refs.append({
             "uri": uri,
             "video_id": make_video_id(uri),
@@ -80,5 +82,8 @@ def list_videos(input_uri: str, storage_options: dict[str, Any] | None = None,
             "size": int(info.get("size") or 0),
             "version": file_version(info),
         })
+    for folder, name in renamed.items():  # a partition value must be a plain name in every engine
+        logger.warning("source folder %r is written as source=%s (letters, digits, '.', '_' and '-' are kept; the "
+                       "uri column keeps the real path)", folder, name)
     logger.info("listed %d videos under %s", len(refs), input_uri)
     return refs

@@ -32,3 +32,14 @@ def test_video_id_is_stable_and_readable():
 def test_dangling_links_are_listed_so_they_get_an_error_row(tmp_path):
     (tmp_path / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
     assert [r["uri"] for r in list_videos(str(tmp_path))] == [str(tmp_path / "gone.mp4")]
+
+
+def test_a_source_folder_that_is_not_a_plain_name_is_renamed_with_a_warning(tmp_path, caplog):
+    encode_video(tmp_path / "cam 1" / "a.mp4", num_frames=2)
+    encode_video(tmp_path / "cam 1" / "b.mp4", num_frames=2)
+    with caplog.at_level("WARNING", logger="pipeline.read"):
+        refs = list_videos(str(tmp_path))
+    assert [r["source"] for r in refs] == ["cam_1", "cam_1"] and refs[0]["uri"].endswith("/cam 1/a.mp4")
+    assert [r.getMessage() for r in caplog.records] == [
+        "source folder 'cam 1' is written as source=cam_1 (letters, digits, '.', '_' and '-' are kept; the uri "
+        "column keeps the real path)"]
