@@ -24,12 +24,14 @@ Optimizer state for resuming lives in a separate file (`save_training_state`), s
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import io
 import json
 import logging
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -181,14 +183,49 @@ def payload_metadata(payload: Any, uri: str) -> dict:
     return payload["metadata"]
 
 
-def read_metadata(uri: str, storage_options: dict | None = None) -> dict:
-    """A checkpoint's metadata (model kind, input size, source...) without building its model.
+def read_metadata(uri: str, storage_options: dict | None = None, verify: bool = False) -> dict:
+    """A checkpoint's metadata (model kind, input size, source...) without its weights: only the pickled structure
+    of torch's zip file is read (tens of kB; a few range requests on object storage), its tensors left out. With
+    `verify`, the whole file is loaded instead, so damaged weights are an error too.
 
     Raises:
         FileNotFoundError: nothing at `uri`.
         CheckpointError: not a readable posepipe checkpoint.
     """
-    return payload_metadata(load_payload(uri, "cpu", storage_options), uri)
+    if verify:
+        return payload_metadata(load_payload(uri, "cpu", storage_options), uri)
+    fs, path = resolve(uri, storage_options)
+    try:
+        with fs.open(path, "rb") as file, zipfile.ZipFile(file) as archive:
+            member = next(name for name in archive.namelist() if name.rsplit("/", 1)[-1] == "data.pkl")
+            structure = StructureUnpickler(io.BytesIO(archive.read(member))).load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {uri}; check the path, or train one with `posepipe train`") \
+            from None
+    except (zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{uri} is not a readable torch checkpoint (truncated or corrupt?): {exc}"
+                              f"{reimport_hint(uri)}") from exc
+    return payload_metadata(structure, uri)
+
+
+class StructureUnpickler(pickle.Unpickler):
+    """Unpickles the structure of a torch checkpoint with every tensor as None. Like torch's weights_only loading,
+    it builds nothing but plain containers: any other class is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch._utils" and name.startswith("_rebuild_") or module == "torch" and name.endswith("Storage"):
+            return lambda *args, **kwargs: None
+        raise pickle.UnpicklingError(f"{module}.{name} has no place in a posepipe checkpoint")
+
+    def persistent_load(self, pid: Any) -> None:  # a tensor's storage, which stays unread
+        return None
+
+
+def reimport_hint(uri: str) -> str:
+    return "; import it again with `posepipe models fetch --force`" if os.path.basename(uri).startswith("blazepose-") \
+        else ""
 
 
 def resolve_checkpoint(uri: str) -> str:
@@ -245,7 +282,5 @@ def load_payload(uri: str, map_location: Any, storage_options: dict | None) -> A
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as exc:
-        hint = "; import it again with `posepipe models fetch --force`" \
-            if os.path.basename(uri).startswith("blazepose-") else ""
         raise CheckpointError(f"{uri} ({len(data)} bytes) is not a readable torch checkpoint "
-                              f"(truncated or corrupt?): {exc}{hint}") from exc
+                              f"(truncated or corrupt?): {exc}{reimport_hint(uri)}") from exc

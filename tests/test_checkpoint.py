@@ -138,3 +138,30 @@ def test_training_state_round_trip(tmp_path):
     fresh.load_state_dict(state["optimizer"])
     assert state["epoch"] == 2 and state["trace"] == [{"epoch": 1, "loss": 0.5}]
     torch.testing.assert_close(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_metadata_is_read_without_the_weights(tmp_path):
+    """The driver needs the input size and kind only: read_metadata must not read (or need) the tensors."""
+    import pickle
+    import zipfile
+
+    from pipeline.checkpoint import read_metadata
+
+    config = ModelConfig(input_size=64, width=8, feature_channels=16, head_channels=8)
+    full = tmp_path / "full.pt"
+    save_checkpoint(PoseNet(config), str(full), checkpoint_metadata(config))
+    skeleton = tmp_path / "structure-only.pt"           # the same file with every tensor's bytes left out
+    with zipfile.ZipFile(full) as source, zipfile.ZipFile(skeleton, "w") as target:
+        for name in source.namelist():
+            if "/data/" not in name:
+                target.writestr(name, source.read(name))
+    assert skeleton.stat().st_size < full.stat().st_size / 10
+    assert read_metadata(str(skeleton)) == read_metadata(str(full)) == read_metadata(str(full), verify=True)
+    assert read_metadata(str(skeleton))["input_size"] == 64
+    with pytest.raises(CheckpointError):
+        read_metadata(str(skeleton), verify=True)       # the whole file, when asked: its weights are missing
+    evil = tmp_path / "evil.pt"                         # a pickle that would run code is refused, not run
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"metadata": {}, "x": print}))
+    with pytest.raises(CheckpointError, match="builtins.print has no place"):
+        read_metadata(str(evil))

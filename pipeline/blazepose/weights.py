@@ -217,7 +217,8 @@ def fetch_models(variants: tuple[str, ...] = tuple(VARIANTS), out: str | None = 
     todo = []
     for variant, uri in targets.items():
         try:
-            current = read_metadata(uri, storage_options)["source"] == checkpoint_metadata(variant)["source"]
+            current = read_metadata(uri, storage_options, verify=True)["source"] == \
+                checkpoint_metadata(variant)["source"]
         except (FileNotFoundError, CheckpointError, KeyError, TypeError):
             current = False
         if force or not current:
