@@ -175,7 +175,7 @@ class Stream(Protocol):
     def batches(self, indices: np.ndarray, batch_size: int) -> Iterator[Batch]: ...
 
 
-class VideoStream:
+class DecordStream:
     """A local video opened with decord, resized by decord straight to its letterbox size.
 
     decord counts frames from the packet index (not the header's frame count, which may lie) and seeks by keyframe,
@@ -309,7 +309,7 @@ class PyAVStream:
         return np.rot90(rgb, k=self.info.rotation // 90)
 
     def batches(self, indices: np.ndarray, batch_size: int) -> Iterator[Batch]:
-        """Same contract as `VideoStream.batches`."""
+        """Same contract as `DecordStream.batches`."""
         wanted = set(indices[indices < self.num_frames].tolist())
         last = max(wanted, default=-1)
         kept: list[tuple[int, float, np.ndarray]] = []
@@ -346,7 +346,7 @@ def open_stream(path: str, size: int, num_threads: int = 1) -> Stream:
     if info.rotation:
         return PyAVStream(path, size, num_threads, info)
     try:
-        return VideoStream(path, size, num_threads, info)
+        return DecordStream(path, size, num_threads, info)
     except DecodeError as exc:
         logger.info("%s: %s; decoding with PyAV instead", path, exc)
         return PyAVStream(path, size, num_threads, info)

@@ -16,16 +16,15 @@ person, so a half-hidden person still matches; OKS is COCO's, scaled by the larg
 with a tolerance widened by `keypoint_noise_px` (+ `gap_noise_px` per missed frame); `missed` counts the frames
 the track went unmatched. Pairs below `min_similarity` never match; unmatched people start new tracks (ids in order
 of creation, ties by person order); a track unmatched for more than `max_gap` sampled frames ends.
-The state is plain JSON, so a video tracked in chunks (`state()` of one chunk's tracker into `from_state()` of
-the next) gives exactly the ids and keypoints of one pass. Once the whole video is tracked, `confirm_tracks` gives the
-final ids: tracks matched in fewer than `min_hits` frames, or whose people score below `min_track_score` on average,
+The pipeline tracks each video whole, in frame order (`track_video`). Once the whole video is tracked,
+`confirm_tracks` gives the final ids: tracks matched in fewer than `min_hits` frames, or whose people score below `min_track_score` on average,
 become UNTRACKED (-1), the rest are renumbered 0, 1, 2...
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -35,7 +34,6 @@ from pipeline.keypoints import OKS_SIGMAS
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 UNTRACKED = -1  # final track_id of a person whose track was never confirmed (seen in fewer than min_hits frames)
 _FORBIDDEN_COST = 1.0  # cost of pairs below min_similarity, as if similarity 0: the assignment maximises the summed
 # similarity of allowed pairs (a huge cost would instead maximise their number), forbidden pairs are dropped after
@@ -204,15 +202,6 @@ def _assign(sim: np.ndarray, tracks: np.ndarray, people: np.ndarray, min_similar
     return {int(people[j]): int(tracks[i]) for i, j in zip(rows, cols) if sub[i, j] >= min_similarity}
 
 
-def _to_json(x: np.ndarray) -> list:
-    """Nested lists of floats, NaN as None (strict JSON has no NaN)."""
-    return np.where(np.isnan(x), None, x.astype(object)).tolist()
-
-
-def _from_json(x: list | None, shape: tuple[int, ...]) -> np.ndarray:
-    return np.array(x, dtype=np.float64).reshape(shape)
-
-
 class OneEuroFilter:
     """One Euro filter (Casiez et al., CHI 2012) on the (K, 2) keypoints of one track.
 
@@ -250,13 +239,6 @@ class OneEuroFilter:
             out[seen] = x_hat
         return out
 
-    def state(self) -> dict:
-        return {"x": _to_json(self.x), "dx": _to_json(self.dx), "t": _to_json(self.t)}
-
-    def load_state(self, state: dict) -> None:
-        k = len(self.t)
-        self.x, self.dx, self.t = _from_json(state["x"], (k, 2)), _from_json(state["dx"], (k, 2)), \
-            _from_json(state["t"], (k,))
 
 
 class _Track:
@@ -302,18 +284,6 @@ class _Track:
         self.age[self.age > max_age] = -1
         self.keypoints, self.last_step, self.missed = memory, step, 0
         self.num_observations += 1
-
-    def state(self) -> dict:
-        return {
-            "track_id": self.track_id,
-            "keypoints": _to_json(self.keypoints),
-            "age": self.age.tolist(),
-            "last_step": self.last_step,
-            "missed": self.missed,
-            "num_observations": self.num_observations,
-            "velocity": _to_json(self.velocity),
-            "filter": None if self.filter is None else self.filter.state(),
-        }
 
 
 class Tracker:
@@ -413,45 +383,6 @@ class Tracker:
         self.tracks = survivors
         self.last_frame_index, self.last_timestamp_s = int(frame_index), float(timestamp_s)
         return track_ids, out
-
-    def state(self) -> dict:
-        """Full state as plain JSON types (lists, floats, ints, str; NaN stored as None)."""
-        return {
-            "version": STATE_VERSION,
-            "config": asdict(self.config),
-            "next_id": self.next_id,
-            "step": self.step,
-            "last_frame_index": self.last_frame_index,
-            "last_timestamp_s": self.last_timestamp_s,
-            "num_keypoints": self.num_keypoints,
-            "tracks": [t.state() for t in self.tracks],
-        }
-
-    @classmethod
-    def from_state(cls, state: dict, config: TrackerConfig = TrackerConfig()) -> "Tracker":
-        """Resume from `state()` of a tracker that saw the previous frames of the same video."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"expected a tracker state of version {STATE_VERSION}, got {state.get('version')!r}; "
-                             f"restart tracking of this video from its first frame")
-        if state.get("config") != asdict(config):
-            logger.warning("tracker resumed with a config that differs from the saved one: %s -> %s",
-                           state.get("config"), asdict(config))
-        tracker = cls(config, first_track_id=state["next_id"])
-        tracker.step = int(state["step"])
-        tracker.last_frame_index = state["last_frame_index"]
-        tracker.last_timestamp_s = state["last_timestamp_s"]
-        tracker.num_keypoints = state["num_keypoints"]
-        for s in state["tracks"]:
-            k = tracker.num_keypoints
-            track = _Track(int(s["track_id"]), _from_json(s["keypoints"], (k, 3)), int(s["last_step"]),
-                           tracker._new_filter())
-            track.age = np.array(s["age"], dtype=np.int64)
-            track.missed, track.num_observations = int(s["missed"]), int(s["num_observations"])
-            track.velocity = _from_json(s["velocity"], (2,))
-            if track.filter is not None and s["filter"] is not None:
-                track.filter.load_state(s["filter"])
-            tracker.tracks.append(track)
-        return tracker
 
 
 def confirm_tracks(track_ids: list[np.ndarray], min_hits: int, scores: list[np.ndarray] | None = None,

@@ -395,9 +395,10 @@ def validate(model, loader, config: TrainConfig, dtype: torch.dtype | None) -> t
 def all_mean(total: float, count: int) -> float:
     """Mean of per-worker sums across the process group (the local mean without one)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([total, float(count)], dtype=torch.float64)
-        if torch.distributed.get_backend() == "nccl":
-            t = t.cuda()
+        import ray.train.torch
+
+        # on the worker's device: NCCL reduces only device tensors, gloo any
+        t = torch.tensor([total, float(count)], dtype=torch.float64, device=ray.train.torch.get_device())
         torch.distributed.all_reduce(t)
         total, count = float(t[0]), int(t[1])
     return total / max(count, 1)

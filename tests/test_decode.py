@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import encode_video
-from pipeline.decode import DecodeError, FrameDecoder, VideoStream, probe_video, sample_frame_indices
+from pipeline.decode import DecodeError, FrameDecoder, DecordStream, probe_video, sample_frame_indices
 
 
 def test_sample_every_frame_every_nth_and_target_fps():
@@ -18,7 +18,7 @@ def test_stream_decodes_the_right_frames_with_timestamps(tmp_path):
     path = encode_video(tmp_path / "v.mp4", num_frames=24, width=160, height=120, fps=12)
     info = probe_video(str(path))
     assert (info.width, info.height, info.num_frames) == (160, 120, 24)
-    stream = VideoStream(str(path), size=64)
+    stream = DecordStream(str(path), size=64)
     assert stream.num_frames == 24 and stream.fps == pytest.approx(12.0)
     batches = list(stream.batches(np.array([0, 5, 10, 23]), batch_size=3))
     assert [len(b[0]) for b in batches] == [3, 1]                      # bounded batches
@@ -41,7 +41,7 @@ def test_stream_decodes_the_right_frames_with_timestamps(tmp_path):
                                           (".mov", "libx264")])
 def test_other_containers(tmp_path, suffix, codec):
     path = encode_video(tmp_path / f"v{suffix}", num_frames=10, codec=codec)
-    stream = VideoStream(str(path), size=32)
+    stream = DecordStream(str(path), size=32)
     assert stream.num_frames == 10
 
 
@@ -67,4 +67,4 @@ def test_frame_decoder_streams_batches_then_an_end_marker(tmp_path):
 
 def test_missing_file_is_an_open_error(tmp_path):
     with pytest.raises(DecodeError, match="cannot open"):
-        VideoStream(str(tmp_path / "nope.mp4"), size=64)
+        DecordStream(str(tmp_path / "nope.mp4"), size=64)

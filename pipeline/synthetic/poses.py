@@ -57,11 +57,6 @@ def clip_pose(pose: Pose) -> Pose:
     return Pose(**out)
 
 
-def interpolate_poses(a: Pose, b: Pose, t: float) -> Pose:
-    """Linear blend of joint angles, t=0 gives a and t=1 gives b."""
-    return Pose(**{f.name: (1 - t) * getattr(a, f.name) + t * getattr(b, f.name) for f in fields(a)})
-
-
 def walk_pose(phase: float, stride: float = 1.0, run: bool = False) -> Pose:
     """One instant of a gait cycle; phase in radians (2*pi per cycle), stride scales the swing.
 
