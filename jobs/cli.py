@@ -100,6 +100,31 @@ def verbose() -> bool:
     return os.environ.get("POSEPIPE_VERBOSE") == "1"
 
 
+def add_storage_option_argument(parser: argparse.ArgumentParser) -> None:
+    """`--storage-option KEY=VALUE`, the one way every command takes fsspec options (a run: `--set
+    storage_options.KEY=VALUE`)."""
+    parser.add_argument("--storage-option", dest="storage_options", action="append", default=[],
+                        metavar="KEY=VALUE", help="fsspec option for the paths and URIs given, e.g. "
+                                                  "endpoint_url=http://localhost:9000 (repeatable)")
+
+
+def parse_storage_options(items: list[str]) -> dict[str, Any]:
+    """`["endpoint_url=http://x:9000", "anon=true"]` -> {"endpoint_url": "http://x:9000", "anon": True}; values are
+    YAML scalars, as in `--set`."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--storage-option {item!r} is not KEY=VALUE (e.g. endpoint_url=http://localhost:9000)")
+        try:
+            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip()] = raw
+    return options
+
+
 def configure_logging(level: int = logging.WARNING) -> None:
     """Warnings and errors only, one short line each (a progress bar and the summary say the rest); with --verbose
     every INFO line with its time and logger."""

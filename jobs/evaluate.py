@@ -19,7 +19,8 @@ import logging
 import sys
 import time
 
-from jobs.cli import ArgumentParser, configure_logging, fail
+from jobs.cli import (ArgumentParser, UsageError, add_storage_option_argument, configure_logging, fail,
+                      parse_storage_options)
 
 logger = logging.getLogger("posepipe.evaluate")
 
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--by", metavar="FIELD",
                         help="also score per value of this image field, e.g. --by dataset")
     parser.add_argument("--save-results", help="write the predictions (COCO results JSON) here")
-    parser.add_argument("--storage-options", default="{}", help="fsspec options as JSON, e.g. an endpoint_url")
+    add_storage_option_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     try:
-        options = json.loads(args.storage_options)
+        options = parse_storage_options(args.storage_options)
         if args.results:
             gt, _ = read_coco(args.data, options)
             fs, path = resolve(args.results, options)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 gt_boxes=args.gt_boxes)
         metrics = evaluate_results(gt, results, args.pck_threshold)
         by = evaluate_by(gt, results, args.by, args.pck_threshold) if args.by else None
-    except (FileNotFoundError, CheckpointError, ValueError, KeyError, TypeError) as exc:
+    except (FileNotFoundError, CheckpointError, UsageError, ValueError, KeyError, TypeError) as exc:
         return fail(exc)
     if args.save_results:
         fs, path = resolve(args.save_results, options)

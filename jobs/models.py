@@ -10,12 +10,12 @@ Exit status: 0 done, 2 bad arguments, 1 the download, a checksum or a conversion
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import TYPE_CHECKING
 
-from jobs.cli import ArgumentParser, configure_logging, fail
+from jobs.cli import (ArgumentParser, UsageError, add_storage_option_argument, configure_logging, fail,
+                      parse_storage_options)
 
 if TYPE_CHECKING:
     import argparse
@@ -28,7 +28,9 @@ def fetch(args: argparse.Namespace) -> int:
 
     try:
         uris = fetch_models(tuple(args.variants), out=args.out, archive=args.archive, force=args.force,
-                            storage_options=json.loads(args.storage_options))
+                            storage_options=parse_storage_options(args.storage_options))
+    except UsageError as exc:
+        return fail(exc)
     except WeightsError as exc:
         return fail(exc, 1)
     for uri in uris:
@@ -65,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--out", help="folder or URI for the checkpoints (default: the model cache)")
     get.add_argument("--archive", help="local copy of the npm package tarball, instead of downloading it")
     get.add_argument("--force", action="store_true", help="import again even where a checkpoint is current")
-    get.add_argument("--storage-options", default="{}", help="fsspec options for --out as JSON, e.g. "
-                                                             "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+    add_storage_option_argument(get)
     get.set_defaults(handler=fetch)
     commands.add_parser("list", help="the models a run can name, and where they are",
                         command="models list").set_defaults(handler=list_models)

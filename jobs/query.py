@@ -16,7 +16,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from jobs.cli import ArgumentParser, UsageError, configure_logging, fail
+from jobs.cli import (ArgumentParser, UsageError, add_storage_option_argument, configure_logging, fail,
+                      parse_storage_options)
 
 if TYPE_CHECKING:
     import argparse
@@ -27,31 +28,10 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 
 
-def parse_storage_options(items: list[str]) -> dict[str, Any]:
-    """`["endpoint_url=http://x:9000", "anon=true"]` -> {"endpoint_url": "http://x:9000", "anon": True}.
-
-    Values are YAML scalars.
-    """
-    import yaml
-
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--storage-option {item!r} is not KEY=VALUE (e.g. endpoint_url=http://localhost:9000)")
-        try:
-            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            options[key.strip()] = raw
-    return options
-
-
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """OUTPUT and --storage-option, shared by `posepipe query` and `posepipe render`."""
     parser.add_argument("output", help="output root of `posepipe run`: folder or URI (s3://bucket/prefix)")
-    parser.add_argument("--storage-option", dest="storage_options", action="append", default=[],
-                        metavar="KEY=VALUE", help="fsspec option of the output's filesystem, e.g. "
-                                                  "endpoint_url=http://localhost:9000 (repeatable)")
+    add_storage_option_argument(parser)
 
 
 def open_output(output: str, storage_options: dict[str, Any]) -> duckdb.DuckDBPyConnection:

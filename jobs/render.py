@@ -14,8 +14,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from jobs.cli import ArgumentParser, UsageError, configure_logging, fail
-from jobs.query import EXIT_OK, add_output_arguments, open_output, parse_storage_options
+from jobs.cli import ArgumentParser, UsageError, configure_logging, fail, parse_storage_options
+from jobs.query import EXIT_OK, add_output_arguments, open_output
 
 if TYPE_CHECKING:
     import argparse
