@@ -1,4 +1,4 @@
-"""`posepipe train`: train the bottom-up PoseNet with Ray Train, configs/train.yaml plus `--set key=value` changes.
+"""`posepipe train`: train the bottom-up PoseNet with Ray Train; `--set key=value` or `--config FILE` change the recipe.
 
     posepipe train --set optim.epochs=2 --set run.output=runs/try
 
@@ -20,14 +20,14 @@ logger = logging.getLogger("posepipe.train")
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser("train", __doc__)
-    add_config_arguments(parser, "optim.epochs=2", default_file="configs/train.yaml")
+    add_config_arguments(parser, "optim.epochs=2")
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
-    from pipeline.config import CONFIG_DIR, ConfigError, dump_config, load_config
+    from pipeline.config import ConfigError, dump_config, load_config
     from pipeline.training import TrainConfig, run_training
 
     try:
-        config = load_config(TrainConfig, args.config or CONFIG_DIR / "train.yaml", args.overrides)
+        config = load_config(TrainConfig, args.config, args.overrides)
     except ConfigError as exc:
         return fail(exc)
     if args.show_config:

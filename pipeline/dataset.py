@@ -42,7 +42,7 @@ class AugmentConfig:
 
     scale: float = 0.25        # zoom factor drawn from [1 - scale, 1 + scale]
     rotation: float = 30.0     # degrees, drawn from [-rotation, rotation]
-    translate: float = 0.1     # shift drawn from [-translate, translate] * input size, per axis
+    translate: float = 0.15    # shift drawn from [-translate, translate] * input size, per axis
     flip: float = 0.5          # probability of a horizontal flip (with left/right swap)
     brightness: float = 0.2    # additive, fraction of 255
     contrast: float = 0.2      # multiplicative around the mean, [1 - c, 1 + c]

@@ -34,10 +34,10 @@ class ModelConfig:
     input_size: int = 256  # square input, pixels (the net also runs on other sizes that are multiples of 4)
     num_keypoints: int = NUM_KEYPOINTS  # heatmap channels, order of pipeline/keypoints.py
     num_limbs: int = NUM_LIMBS  # PAF head has 2 * num_limbs channels (x, y per limb, SKELETON order)
-    width: int = 32  # channels of the first stage; stage i has width * 2**i
-    stage_blocks: tuple[int, ...] = (1, 2, 2, 1)  # residual blocks per stage at strides 4, 8, 16, 32, ...
-    feature_channels: int = 128  # channels of the stride-4 feature map
-    head_channels: int = 64  # hidden channels of each head
+    width: int = 24  # channels of the first stage; stage i has width * 2**i
+    stage_blocks: tuple[int, ...] = (2, 6, 8, 4)  # residual blocks per stage at strides 4, 8, 16, 32, ...
+    feature_channels: int = 96  # channels of the stride-4 feature map
+    head_channels: int = 48  # hidden channels of each head
     head_convs: int = 2  # depthwise-separable 3x3 convs per head before its 1x1 output
 
     def __post_init__(self) -> None:

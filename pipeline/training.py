@@ -59,8 +59,9 @@ class GenerateConfig(StrictModel):
     cache_dir: str = "/tmp/posepipe-synthetic"
     image_size: tuple[int, int] = (256, 256)  # (W, H) of generated images
     workers: int | None = Field(None, ge=1)  # rendering processes; None: one per CPU (the images do not depend on it)
-    train: SyntheticSplit = SyntheticSplit(num_images=2000, seed=1, options={"background": "train"})
-    val: SyntheticSplit = SyntheticSplit(num_images=100, seed=100001, options={"background": "heldout"})
+    train: SyntheticSplit = SyntheticSplit(num_images=8000, seed=1, options={"background": "train"})
+    val: SyntheticSplit = SyntheticSplit(num_images=300, seed=100001, options={"background": "heldout"})  # other
+    # backgrounds (lines, bricks, room) and seed than training's (gradient, noise, shapes, tiles, street)
 
 
 class DataConfig(StrictModel):
@@ -75,30 +76,32 @@ class DataConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(16, ge=1)  # per worker
+    epochs: int = Field(80, ge=1)
+    batch_size: int = Field(8, ge=1)  # per worker; small batches make more updates of the few images a CPU processes
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(100, ge=0)
-    min_lr_ratio: float = Field(0.05, ge=0, le=1)  # cosine decays to lr * this
+    min_lr_ratio: float = Field(0.02, ge=0, le=1)  # cosine decays to lr * this
     grad_clip: float | None = 5.0
     heatmap_weight: float = 1.0
     paf_weight: float = 1.0
-    foreground_weight: float = Field(0.0, ge=0)  # extra weight of target pixels (heatmap > 0.01, PAF != 0)
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # autocast dtype of the forward pass; auto: bf16 where the
+    foreground_weight: float = Field(10.0, ge=0)  # extra weight of target pixels (heatmap > 0.01, PAF != 0): they
+    # are a few % of the maps, so they count 11x
+    precision: Literal["fp32", "bf16", "auto"] = "auto"  # autocast dtype of the forward pass; auto: bf16 where the
     # device runs it natively (GPUs, AMX/AVX512-BF16 CPUs), fp32 elsewhere (emulated bf16 is ~13x slower on AVX2)
-    max_steps_per_epoch: int | None = None  # cap for smoke tests
+    max_steps_per_epoch: int | None = Field(250, ge=1)  # an 'epoch' is at most this many steps (2000 random images
+    # at batch 8), so that progress, checkpoints and scores come at a steady pace; None: the whole training set
 
 
 class EvalConfig(StrictModel):
     grouping: GroupingConfig = GroupingConfig()
     batch_size: int = Field(16, ge=1)
-    max_images: int | None = None  # score only the first N held-out images
+    max_images: int | None = 150  # score only the first N held-out images each epoch (posepipe evaluate: all)
     pck_threshold: float = 0.2
 
 
-class RunConfig(StrictModel):
-    output: str = "runs/posepipe"  # local path or fsspec URI for checkpoints and traces
+class RunSettings(StrictModel):
+    output: str = "runs/posepipe-synthetic"  # local path or fsspec URI for checkpoints and traces
     export: str | None = None  # copy best.pt here at the end (traces beside it as <stem>-trace.*)
     export_weights: WeightsDtype = "float32"  # storage of the exported weights:
     # float16 is half the file, int8 a quarter (per-channel scales; pipeline/checkpoint.py save_checkpoint)
@@ -122,7 +125,7 @@ class TrainConfig(StrictModel):
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     eval: EvalConfig = EvalConfig()
-    run: RunConfig = RunConfig()
+    run: RunSettings = RunSettings()
 
 
 # ----------------------------------------------------------------------------------------------------- driver

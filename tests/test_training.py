@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import CONFIG_DIR, ConfigError, load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 from pipeline.model import PoseNet
 from pipeline.training import (OptimConfig, TrainConfig, export_run, initial_model, lr_factor, run_training,
@@ -20,11 +20,11 @@ TINY_MODEL = ["model.input_size=96", "model.width=8", "model.stage_blocks=[1, 1]
 
 
 def test_default_config_loads_and_overrides_apply():
-    config = load_config(TrainConfig, CONFIG_DIR / "train.yaml", ["optim.epochs=3", "model.width=8"])
+    config = load_config(TrainConfig, None, ["optim.epochs=3", "model.width=8"])
     assert config.optim.epochs == 3 and config.model.width == 8
     assert config.data.generate.val.options["background"] == "heldout"
     with pytest.raises(ConfigError, match="optim.epoch"):
-        load_config(TrainConfig, CONFIG_DIR / "train.yaml", ["optim.epoch=3"])
+        load_config(TrainConfig, None, ["optim.epoch=3"])
     with pytest.raises(ConfigError, match="model"):
         load_config(TrainConfig, None, ["model.colour=red"])
 
@@ -106,7 +106,7 @@ def test_ray_training_learns_checkpoints_and_resumes(tmp_path, ray_local):
         "augment.scale=0", "augment.rotation=0", "augment.translate=0", "augment.flip=0",  # learnable in a few steps
         "eval.max_images=4", "eval.batch_size=4", "run.torch_threads=1", f"run.output={output}",
         f"run.ray_storage={tmp_path / 'ray'}", f"run.export={export}"]
-    args = ["--config", str(CONFIG_DIR / "train.yaml")] + [arg for item in overrides for arg in ("--set", item)]
+    args = [arg for item in overrides for arg in ("--set", item)]
     assert main([*args, "--set", "optim.epochs=2"]) == 0
     first = json.loads((output / "trace.json").read_text())
     assert [row["epoch"] for row in first] == [1, 2]
