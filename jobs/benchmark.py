@@ -1,7 +1,7 @@
 """`posepipe benchmark`: how fast the pipeline runs against what its parts can do alone, on this machine, in one run.
 
 Rows of the table (all rates in frames/s; every row of one run is measured on the same machine, minutes apart):
-    raw decode        decord + letterbox alone (`pipeline.decode.open_stream`), in as many processes as the
+    raw decode        decord + letterbox alone (`pipeline.stages.decode.open_stream`), in as many processes as the
                       pipeline's decode pool, over the benchmark archive
     raw model fwd     the network's forward alone on a normalised device tensor, per inference-pool process
     raw model         the inference actor's whole work (`PoseEstimator.__call__`): normalise, forward, peaks,
@@ -160,8 +160,8 @@ def default_checkpoint(cache_dir: Path) -> tuple[str, bool]:
     Returns (path, trained). Random weights give near-empty heatmaps, so grouping has little to do: a trained
     model is the fair measurement of the people-finding cost.
     """
-    from pipeline.checkpoint import CheckpointError, resolve_checkpoint
     from pipeline.config import ModelSettings
+    from pipeline.models.checkpoint import CheckpointError, resolve_checkpoint
 
     try:
         return resolve_checkpoint(ModelSettings().checkpoint), True
@@ -171,8 +171,8 @@ def default_checkpoint(cache_dir: Path) -> tuple[str, bool]:
         return str(TRAINED_CHECKPOINT), True
     path = cache_dir / "random-posenet.pt"
     if not path.exists():
-        from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
-        from pipeline.model import ModelConfig, PoseNet
+        from pipeline.models.bottomup import ModelConfig, PoseNet
+        from pipeline.models.checkpoint import checkpoint_metadata, save_checkpoint
 
         config = ModelConfig()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ def decode_worker(tasks, size: int, batch_size: int, threads: int, sampling: dic
     """Decode videos from the shared queue until it is empty, as a decode actor would (one video at a time)."""
     import decord  # noqa: F401  (loaded before the barrier: import time is not decode time)
 
-    from pipeline.decode import open_stream, sample_frame_indices
+    from pipeline.video import open_stream, sample_frame_indices
 
     barrier.wait()
     start, cpu, frames = time.monotonic(), time.process_time(), 0
@@ -289,8 +289,10 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
     """
     import torch
 
-    from pipeline.inference import BottomUpModel, PoseEstimator, run_network
-    from pipeline.preprocess import normalize
+    from pipeline.models.pose_model import BottomUpModel
+    from pipeline.models.runtime import run_network
+    from pipeline.pose.letterbox import normalize
+    from pipeline.stages.infer import PoseEstimator
 
     estimator = PoseEstimator(checkpoint, device=device, precision=precision, threads=threads)
     model, dev = estimator.model, estimator.device
@@ -382,7 +384,7 @@ def gpu_utilisation_sampler(device, interval_s: float = 0.1):
 
 def video_frames(path: Path, size: int, count: int) -> np.ndarray:
     """The first `count` frames of a video as the decode stage hands them over: uint8 (count, S, S, 3)."""
-    from pipeline.decode import open_stream, sample_frame_indices
+    from pipeline.video import open_stream, sample_frame_indices
 
     stream = open_stream(str(path), size)
     indices = sample_frame_indices(stream.num_frames, stream.fps)[:count]
@@ -399,7 +401,7 @@ def raw_model_rates(checkpoint: str, batch_size: int, workers: int, threads: int
     the fastest batch, an estimate of what an unloaded machine gives when other jobs share the CPU.
     """
     if size is None:
-        from pipeline.checkpoint import read_metadata, resolve_checkpoint
+        from pipeline.models.checkpoint import read_metadata, resolve_checkpoint
 
         size = frames.shape[1] if frames is not None else int(read_metadata(resolve_checkpoint(checkpoint))
                                                                ["input_size"])
@@ -443,7 +445,7 @@ def pipeline_overrides(checkpoint: str, batch_size: int, device: str, precision:
 def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", config_label: str = "") -> Measurement:
     """`jobs.run.run` over `archive` into a temporary output (removed after), with resources sampled throughout."""
     from jobs.run import load_run_config, parse_args, run
-    from pipeline.plan import init_ray, pool_sizes
+    from pipeline.stages.plan import init_ray, pool_sizes
 
     output = Path(tempfile.mkdtemp(prefix="posepipe-bench-out-"))
     try:
@@ -709,9 +711,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, Any]]:
     """All measurements of one benchmark run, in order; returns the rows and the context (machine, options)."""
-    from pipeline.plan import is_topdown
-    from pipeline.checkpoint import read_metadata, resolve_checkpoint
     from pipeline.config import RunConfig, load_config
+    from pipeline.models.checkpoint import read_metadata, resolve_checkpoint
+    from pipeline.stages.plan import is_topdown
 
     width, height = args.size
     checkpoint, trained = (resolve_checkpoint(args.checkpoint), True) if args.checkpoint \
@@ -731,7 +733,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
     # the pools the pipeline will use, resolved as jobs.run does (Ray is started here, once, for every run)
     import ray
 
-    from pipeline.plan import init_ray, pool_sizes
+    from pipeline.stages.plan import init_ray, pool_sizes
 
     base = pipeline_overrides(checkpoint, args.batch_size, args.device, args.precision, None, args.overrides)
     config = load_config(RunConfig, None, base)
@@ -754,7 +756,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
                                         (width, height))
         if topdown and "nets" not in skip:
             from jobs.benchmark_topdown import raw_net_rates
-            from pipeline.blazepose.weights import MODEL_NAMES, cached_checkpoint
+            from pipeline.models.blazepose.weights import MODEL_NAMES, cached_checkpoint
 
             variants = {v: str(cached_checkpoint(name)) for name, v in MODEL_NAMES.items()
                         if cached_checkpoint(name).is_file()} or {meta["variant"]: checkpoint}

@@ -37,7 +37,8 @@ def torch_net_worker(checkpoint: str, net: str, batch: int, device: str, precisi
     """Time the forward of one of the checkpoint's nets ("detector" or "landmarks") on batches of real crops."""
     import torch
 
-    from pipeline.inference import load_pose_model, pick_device
+    from pipeline.models.pose_model import load_pose_model
+    from pipeline.models.runtime import pick_device
 
     torch.set_num_threads(threads)
     dev = pick_device(device)
@@ -102,7 +103,7 @@ def raw_net_rates(checkpoints: dict[str, str], batch_sizes: list[int], device: s
                   compile_model: bool = False, min_seconds: float = 3.0, litert: bool = True) -> list[Measurement]:
     """Rows for the detector (of the first checkpoint) and every landmark variant in `checkpoints` (variant -> URI),
     torch at each batch size and LiteRT at batch 1, on `threads` threads each."""
-    from pipeline.blazepose import weights
+    from pipeline.models.blazepose import weights
 
     rows = []
     graphs = None

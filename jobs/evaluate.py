@@ -19,8 +19,14 @@ import logging
 import sys
 import time
 
-from jobs.cli import (ArgumentParser, UsageError, add_storage_option_argument, configure_logging, fail,
-                      parse_storage_options)
+from jobs.cli import (
+    ArgumentParser,
+    UsageError,
+    add_storage_option_argument,
+    configure_logging,
+    fail,
+    parse_storage_options,
+)
 
 logger = logging.getLogger("posepipe.evaluate")
 
@@ -33,12 +39,13 @@ def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: 
     run's); returns (ground truth of the images used, COCO keypoint results)."""
     import torch
 
-    from pipeline.blazepose.topdown import TopDownConfig
     from pipeline.config import ModelSettings
-    from pipeline.dataset import CocoKeypointDataset
-    from pipeline.grouping import GroupingConfig
-    from pipeline.inference import keep_freed_memory, load_pose_model
-    from pipeline.predict import predict_images
+    from pipeline.evaluation.predict import predict_images
+    from pipeline.models.blazepose.topdown import TopDownConfig
+    from pipeline.models.pose_model import load_pose_model
+    from pipeline.models.runtime import keep_freed_memory
+    from pipeline.pose.grouping import GroupingConfig
+    from pipeline.training.dataset import CocoKeypointDataset
 
     torch_device = torch.device(device)
     if torch_device.type == "cpu":
@@ -102,13 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     import torch
 
-    from pipeline.blazepose.topdown import TopDownConfig
-    from pipeline.checkpoint import CheckpointError
     from pipeline.config import ModelSettings
-    from pipeline.dataset import read_coco
-    from pipeline.grouping import GroupingConfig
-    from pipeline.metrics import evaluate_by, evaluate_results
+    from pipeline.evaluation.metrics import evaluate_by, evaluate_results
+    from pipeline.models.blazepose.topdown import TopDownConfig
+    from pipeline.models.checkpoint import CheckpointError
+    from pipeline.pose.grouping import GroupingConfig
     from pipeline.storage import resolve
+    from pipeline.training.dataset import read_coco
 
     torch.set_num_threads(args.threads)
     started = time.monotonic()

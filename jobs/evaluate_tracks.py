@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def predicted_frames(frames: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """frames-table rows of one video -> frame_index -> (track ids (P,), keypoints (P, K, 3))."""
-    from pipeline.query import keypoint_array
+    from pipeline.outputs.query import keypoint_array
 
     keypoints = keypoint_array(frames)                                            # (N, K, 3)
     out = {}
@@ -37,9 +37,9 @@ def read_ground_truth(uri: str) -> dict | None:
 
 
 def evaluate_video(frames: pd.DataFrame, gt: dict) -> dict:
-    from pipeline.coco_export import coco_results
-    from pipeline.metrics import evaluate_results
-    from pipeline.mot import evaluate_tracks, load_ground_truth
+    from pipeline.evaluation.metrics import evaluate_results
+    from pipeline.evaluation.mot import evaluate_tracks, load_ground_truth
+    from pipeline.outputs.coco_export import coco_results
     from pipeline.synthetic.videos import video_ground_truth_to_coco
 
     tracking = evaluate_tracks(load_ground_truth(gt), predicted_frames(frames))
@@ -52,7 +52,7 @@ def evaluate_video(frames: pd.DataFrame, gt: dict) -> dict:
 def evaluate_output(output: str) -> pd.DataFrame:
     import pandas as pd
 
-    from pipeline.query import connect, query
+    from pipeline.outputs.query import connect, query
 
     try:
         con = connect(output)

@@ -14,17 +14,23 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from jobs.cli import (ArgumentParser, UsageError, add_storage_option_argument, configure_logging, fail,
-                      parse_storage_options)
+from jobs.cli import (
+    ArgumentParser,
+    UsageError,
+    add_storage_option_argument,
+    configure_logging,
+    fail,
+    parse_storage_options,
+)
 
 if TYPE_CHECKING:
     import argparse
 
-VARIANTS = ("lite", "full", "heavy")   # pipeline.blazepose.landmarks.VARIANTS without torch (a test checks)
+VARIANTS = ("lite", "full", "heavy")   # pipeline.models.blazepose.landmarks.VARIANTS without torch (a test checks)
 
 
 def fetch(args: argparse.Namespace) -> int:
-    from pipeline.blazepose.weights import WeightsError, fetch_models
+    from pipeline.models.blazepose.weights import WeightsError, fetch_models
 
     try:
         uris = fetch_models(tuple(args.variants), out=args.out, archive=args.archive, force=args.force,
@@ -39,8 +45,8 @@ def fetch(args: argparse.Namespace) -> int:
 
 
 def list_models(args: argparse.Namespace) -> int:
-    from pipeline.blazepose.weights import MODEL_NAMES, PACKAGE, VERSION, cache_dir, cached_checkpoint
-    from pipeline.checkpoint import CheckpointError, read_metadata
+    from pipeline.models.blazepose.weights import MODEL_NAMES, PACKAGE, VERSION, cache_dir, cached_checkpoint
+    from pipeline.models.checkpoint import CheckpointError, read_metadata
 
     print(f"model cache: {cache_dir()}")
     for name in MODEL_NAMES:

@@ -12,12 +12,17 @@ Exit status: 0 done, 2 bad arguments, a missing output or an SQL error.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from jobs.cli import (ArgumentParser, UsageError, add_storage_option_argument, configure_logging, fail,
-                      parse_storage_options)
+from jobs.cli import (
+    ArgumentParser,
+    UsageError,
+    add_storage_option_argument,
+    configure_logging,
+    fail,
+    parse_storage_options,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -36,7 +41,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 def open_output(output: str, storage_options: dict[str, Any]) -> duckdb.DuckDBPyConnection:
     """The views of an existing output root; UsageError when the root does not exist (a typo is not 0 rows)."""
-    from pipeline.query import connect
+    from pipeline.outputs.query import connect
 
     try:
         return connect(output, storage_options)
@@ -78,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     import duckdb
 
-    from pipeline.coco_export import video_results, write_coco_results
-    from pipeline.query import table_counts
+    from pipeline.outputs.coco_export import video_results, write_coco_results
+    from pipeline.outputs.query import table_counts
 
     try:
         storage_options = parse_storage_options(args.storage_options)

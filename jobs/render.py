@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     import duckdb
 
-    from pipeline.decode import DecodeError
-    from pipeline.render import plot_summary, render_clip, render_contact_sheet
+    from pipeline.outputs.render import plot_summary, render_clip, render_contact_sheet
+    from pipeline.video import DecodeError
 
     try:
         storage_options = parse_storage_options(args.storage_options)

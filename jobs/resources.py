@@ -24,9 +24,8 @@ PLASMA_USAGE = re.compile(r"Plasma memory usage (\d+) MiB")
 def object_store_mb() -> float | None:
     """Bytes in Ray's object store now (plasma usage from the raylet), in MiB; None when Ray cannot say."""
     try:
-        from ray._private.internal_api import memory_summary
-
         import ray
+        from ray._private.internal_api import memory_summary
 
         address = ray.get_runtime_context().gcs_address  # explicit: other Ray instances may run on this machine
         match = PLASMA_USAGE.search(memory_summary(address=address, stats_only=True))

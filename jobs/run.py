@@ -143,10 +143,10 @@ def code_version() -> str:
 def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
     """Everything that can fail fast, before Ray starts: input listing, the output path, and the checkpoint's
     metadata."""
-    from pipeline.checkpoint import read_metadata
     from pipeline.config import ConfigError
-    from pipeline.plan import is_topdown
-    from pipeline.read import VIDEO_EXTENSIONS, list_videos
+    from pipeline.models.checkpoint import read_metadata
+    from pipeline.stages.plan import is_topdown
+    from pipeline.stages.read import VIDEO_EXTENSIONS, list_videos
     from pipeline.storage import resolve
 
     if not config.input or not config.output:
@@ -178,12 +178,12 @@ def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
 
 def run(config: RunConfig) -> RunSummary:
     """Run the whole job; returns the summary (also written to the `runs` table)."""
-    from pipeline.assembly import VideoAssembler, VideoRows, track
-    from pipeline.checkpoint import resolve_checkpoint
     from pipeline.config import config_hash
-    from pipeline.manifest import Manifest, outputs_hash
-    from pipeline.plan import build_dataset, init_ray, is_topdown
-    from pipeline.write import OutputWriter
+    from pipeline.models.checkpoint import resolve_checkpoint
+    from pipeline.stages.assemble import VideoAssembler, VideoRows, track
+    from pipeline.stages.manifest import Manifest, outputs_hash
+    from pipeline.stages.plan import build_dataset, init_ray, is_topdown
+    from pipeline.stages.write import OutputWriter
 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
@@ -324,10 +324,10 @@ def load_run_config(args: argparse.Namespace) -> RunConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
-    from pipeline.checkpoint import CheckpointError
     from pipeline.config import ConfigError, dump_config
-    from pipeline.manifest import ManifestError
-    from pipeline.read import InputError
+    from pipeline.models.checkpoint import CheckpointError
+    from pipeline.stages.manifest import ManifestError
+    from pipeline.stages.read import InputError
 
     try:
         config = load_run_config(args)

@@ -23,9 +23,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobs.cli import ArgumentParser, UsageError, add_config_arguments, configure_logging, fail
 from jobs.run import EXIT_FAILED, SECRET_KEYS, redact
@@ -175,7 +173,7 @@ def validate(args: argparse.Namespace) -> RunConfig:
     for uri in (config.input, config.output):
         if "://" not in uri or uri.startswith("file://"):
             logger.warning("%s is a local path: every node of the cluster must see it (a shared filesystem)", uri)
-    from pipeline.blazepose.weights import MODEL_NAMES
+    from pipeline.models.blazepose.weights import MODEL_NAMES
 
     if config.model.checkpoint in MODEL_NAMES:
         logger.info("model.checkpoint %s resolves in each node's model cache: the cluster's image imports it "

@@ -15,7 +15,6 @@ import sys
 import time
 
 from jobs.cli import ArgumentParser, configure_logging
-
 from pipeline.synthetic import SCENARIOS, write_coco_dataset, write_sample_archive, write_video
 from pipeline.synthetic.backgrounds import BACKGROUND_STYLES, SPLITS
 from pipeline.synthetic.videos import CODECS

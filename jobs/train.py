@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
     from pipeline.config import ConfigError, dump_config, load_config
-    from pipeline.training import TrainConfig, run_training
+    from pipeline.training.loop import TrainConfig, run_training
 
     try:
         config = load_config(TrainConfig, args.config, args.overrides)

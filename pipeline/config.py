@@ -53,7 +53,10 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
             node = child
-        node[path[-1]] = value
+        if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+            merge(node[path[-1]], value)   # `--set decode={fps: 5}` changes fps, as `--set decode.fps=5` does
+        else:
+            node[path[-1]] = value
     return data
 
 
@@ -108,6 +111,16 @@ def section_fields(section: Any) -> dict[str, Any]:
     return {}
 
 
+def merge(base: dict, changes: dict) -> dict:
+    """`base` with `changes` written over it, nested dicts merged key by key."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
     """Build a config of type `cls` from the code's defaults, an optional YAML file of changes, then `key=value`
     overrides.
@@ -116,7 +129,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         ConfigError: naming the offending key, what was expected and what came.
     """
     overrides = list(overrides)
-    data = read_yaml(path) if path else {}
+    # every default first: a file or override that sets one key of a section keeps the section's other defaults
+    # (validated alone, {val: {num_images: 4}} would drop the seed and options of the default val split)
+    data = merge(cls().model_dump(mode="json"), read_yaml(path) if path else {})
     apply_overrides(data, overrides)
     try:
         return cls.model_validate(data)
@@ -143,11 +158,11 @@ from typing import Literal  # noqa: E402
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt  # noqa: E402
 
-from pipeline.blazepose.topdown import TopDownConfig  # noqa: E402
-from pipeline.grouping import GroupingConfig  # noqa: E402
-from pipeline.tracking import TrackerConfig  # noqa: E402
+from pipeline.models.blazepose.topdown import TopDownConfig  # noqa: E402
+from pipeline.pose.grouping import GroupingConfig  # noqa: E402
+from pipeline.pose.tracking import TrackerConfig  # noqa: E402
 
-DEFAULT_CHECKPOINT = "blazepose-heavy"           # imported real-trained weights, see pipeline/blazepose/weights.py
+DEFAULT_CHECKPOINT = "blazepose-heavy"           # imported real-trained weights, see pipeline/models/blazepose/weights.py
 
 
 class DecodeSettings(StrictModel):
@@ -160,7 +175,7 @@ class DecodeSettings(StrictModel):
     timeout_s: PositiveFloat = 900.0             # a video whose decoder keeps its actor waiting longer becomes an error
                                                  # row (type Timeout); time spent waiting on inference does not count
     memory_gb: PositiveFloat | None = None       # memory reserved per decode actor (Ray `memory`, see RaySettings);
-                                                 # None: estimated from the frames it holds (pipeline.plan)
+                                                 # None: estimated from the frames it holds (pipeline.stages.plan)
     cache_dir: str | None = None                 # local folder for remote videos while they decode (default: tmp)
 
 
@@ -186,7 +201,7 @@ class ModelSettings(StrictModel):
                                                  # cluster's CPUs (decoders and the driver use few of theirs)
     cpus_per_worker: PositiveFloat = 1.0         # CPUs reserved by each inference actor
     memory_gb: PositiveFloat | None = None       # memory reserved per inference actor (Ray `memory`); None:
-                                                 # estimated for the model kind (pipeline.plan)
+                                                 # estimated for the model kind (pipeline.stages.plan)
 
 
 class WriteSettings(StrictModel):

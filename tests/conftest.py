@@ -64,8 +64,8 @@ def s3_server(key_id: str = "testing", secret: str = "testing", endpoint_in_env:
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory) -> str:
     """A checkpoint of an untrained, small network: tests of mechanics, not accuracy."""
-    from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
-    from pipeline.model import ModelConfig, PoseNet
+    from pipeline.models.bottomup import ModelConfig, PoseNet
+    from pipeline.models.checkpoint import checkpoint_metadata, save_checkpoint
 
     config = ModelConfig(input_size=128)
     path = tmp_path_factory.mktemp("model") / "random.pt"

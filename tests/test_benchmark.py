@@ -7,14 +7,26 @@ import json
 
 import pytest
 
-from jobs.benchmark import (COLUMNS, Measurement, archive_videos, benchmark_archive, main, markdown_table,
-                            parse_args, raw_decode_rate, raw_model_rates, steady_rate, summarize, video_frames)
+from jobs.benchmark import (
+    COLUMNS,
+    Measurement,
+    archive_videos,
+    benchmark_archive,
+    main,
+    markdown_table,
+    parse_args,
+    raw_decode_rate,
+    raw_model_rates,
+    steady_rate,
+    summarize,
+    video_frames,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> str:
-    from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
-    from pipeline.model import ModelConfig, PoseNet
+    from pipeline.models.bottomup import ModelConfig, PoseNet
+    from pipeline.models.checkpoint import checkpoint_metadata, save_checkpoint
 
     config = ModelConfig(input_size=64, width=8, feature_channels=16, head_channels=8, head_convs=1)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
@@ -130,7 +142,7 @@ def test_runs_wait_for_the_actors_of_the_previous_run_to_exit():
 def test_topdown_net_rows_time_each_net_in_torch_and_litert():
     """The imported model's nets alone: torch at the given batch sizes and LiteRT at batch 1, on real crops."""
     from jobs.benchmark_topdown import raw_net_rates
-    from pipeline.checkpoint import resolve_checkpoint
+    from pipeline.models.checkpoint import resolve_checkpoint
 
     rows = raw_net_rates({"lite": resolve_checkpoint("blazepose-lite")}, [1, 2], device="cpu", precision="fp32",
                          threads=1, min_seconds=0.05)

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.blazepose import weights
-from pipeline.blazepose.convert import ConversionError, load_graph_weights
-from pipeline.blazepose.detector import NUM_ANCHORS, ssd_anchors
-from pipeline.blazepose.landmarks import VARIANTS, LandmarkNet
-from pipeline.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
-from pipeline.blazepose.tflite_graph import UnsupportedGraph, read_graph
-from pipeline.blazepose.topdown import decode_detections, oks_nms, refine_from_heatmaps, weighted_nms
-from pipeline.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
+from pipeline.models.blazepose import weights
+from pipeline.models.blazepose.convert import ConversionError, load_graph_weights
+from pipeline.models.blazepose.detector import NUM_ANCHORS, ssd_anchors
+from pipeline.models.blazepose.landmarks import VARIANTS, LandmarkNet
+from pipeline.models.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
+from pipeline.models.blazepose.tflite_graph import UnsupportedGraph, read_graph
+from pipeline.models.blazepose.topdown import decode_detections, oks_nms, refine_from_heatmaps, weighted_nms
+from pipeline.models.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
 
 PHOTOS = Path(__file__).resolve().parent.parent / "pipeline" / "photos"
 
@@ -108,7 +108,7 @@ def test_ops_the_converter_does_not_know_are_refused(graphs):
     data = bytearray(graphs["detector"])
     with pytest.raises(UnsupportedGraph, match="TFL3"):
         read_graph(bytes(data[:4]) + b"XXXX" + bytes(data[8:]))
-    from pipeline.blazepose import tflite_graph
+    from pipeline.models.blazepose import tflite_graph
 
     with pytest.raises(UnsupportedGraph, match="SOFTMAX is not supported"):
         tflite_graph.read_options("SOFTMAX", SimpleNamespace(BuiltinOptions=lambda: None))
@@ -155,11 +155,11 @@ def test_a_wrong_archive_is_refused(tmp_path, monkeypatch, capsys):
 
 
 def test_checkpoints_load_from_object_storage(tmp_path):
-    from conftest import s3_server
-
     import boto3
 
-    from pipeline.inference import TopDownModel, load_pose_model
+    from pipeline.models.pose_model import TopDownModel, load_pose_model
+
+    from conftest import s3_server
 
     with s3_server() as endpoint:
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
@@ -250,7 +250,7 @@ def test_oks_nms_drops_a_second_hypothesis_of_the_same_person_only():
 
 
 def test_config_rejects_values_out_of_range():
-    from pipeline.blazepose.topdown import TopDownConfig
+    from pipeline.models.blazepose.topdown import TopDownConfig
 
     with pytest.raises(ValueError, match="tiles"):
         TopDownConfig(tiles=((1, 0.5, 1.0),))

@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.checkpoint import (CheckpointError, checkpoint_metadata, dequantize_state, load_checkpoint,
-                                 load_training_state, quantize_state, save_checkpoint, save_training_state)
-from pipeline.model import ModelConfig, PoseNet
+from pipeline.models.bottomup import ModelConfig, PoseNet
+from pipeline.models.checkpoint import (
+    CheckpointError,
+    checkpoint_metadata,
+    dequantize_state,
+    load_checkpoint,
+    load_training_state,
+    quantize_state,
+    save_checkpoint,
+    save_training_state,
+)
 
 TINY = ModelConfig(input_size=64, width=8, stage_blocks=(1, 1), feature_channels=16, head_channels=8, head_convs=1)
 # ~0.3 M parameters: large convs (int8-stored) beside small ones, and torch.save's per-tensor records a small part
@@ -145,7 +153,7 @@ def test_metadata_is_read_without_the_weights(tmp_path):
     import pickle
     import zipfile
 
-    from pipeline.checkpoint import read_metadata
+    from pipeline.models.checkpoint import read_metadata
 
     config = ModelConfig(input_size=64, width=8, feature_channels=16, head_channels=8)
     full = tmp_path / "full.pt"

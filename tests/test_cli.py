@@ -14,8 +14,9 @@ from unittest import mock
 
 import pytest
 
-from conftest import encode_video
 from jobs.cli import COMMANDS, ArgumentParser, main
+
+from conftest import encode_video
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "ray", "pandas", "duckdb", "pyarrow", "decord", "scipy")   # seconds of imports together
@@ -184,7 +185,7 @@ def test_a_run_on_a_terminal_shows_a_progress_bar_then_only_the_summary(tmp_path
 def test_the_models_command_offers_the_variants_the_converter_has():
     """`posepipe models fetch --variants` names them without importing torch; they must stay the converter's."""
     from jobs.models import VARIANTS
-    from pipeline.blazepose.landmarks import VARIANTS as CONVERTED
+    from pipeline.models.blazepose.landmarks import VARIANTS as CONVERTED
 
     assert VARIANTS == tuple(CONVERTED)
 

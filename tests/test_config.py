@@ -63,3 +63,13 @@ def test_show_config_prints_every_key(capsys):
     printed = capsys.readouterr().out
     assert printed == dump_config(load_config(RunConfig, CONFIG_DIR / "cluster.yaml", ["decode.fps=5"]))
     assert "fps: 5.0" in printed and "compile: true" in printed and "max_gap:" in printed
+
+
+def test_setting_one_key_of_a_section_keeps_the_sections_other_defaults():
+    from pipeline.training.loop import TrainConfig
+
+    default = TrainConfig().data.generate.val
+    val = load_config(TrainConfig, None, ["data.generate.val.num_images=4"]).data.generate.val
+    assert (val.num_images, val.seed, val.options) == (4, default.seed, default.options)
+    topdown = load_config(RunConfig, None, ["topdown.detect_every=2"]).topdown
+    assert topdown.detect_every == 2 and topdown.tiles == RunConfig().topdown.tiles

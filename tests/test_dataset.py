@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dataset import AugmentConfig, CocoKeypointDataset, sample_affine
-from pipeline.heatmaps import decode_heatmaps, heatmap_to_input
-from pipeline.keypoints import FLIP_INDEX, KEYPOINT_INDEX, NUM_KEYPOINTS, SKELETON, coco_person_category
-from pipeline.preprocess import IMAGE_MEAN, IMAGE_STD, Letterbox
+from pipeline.pose.heatmaps import decode_heatmaps, heatmap_to_input
+from pipeline.pose.keypoints import FLIP_INDEX, KEYPOINT_INDEX, NUM_KEYPOINTS, SKELETON, coco_person_category
+from pipeline.pose.letterbox import IMAGE_MEAN, IMAGE_STD, Letterbox
+from pipeline.training.dataset import AugmentConfig, CocoKeypointDataset, sample_affine
 
 NO_AUGMENT = AugmentConfig(scale=0, rotation=0, translate=0, flip=0, brightness=0, contrast=0, saturation=0)
 

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from pipeline.stages.decode import FrameDecoder
+from pipeline.video import DecodeError, DecordStream, probe_video, sample_frame_indices
+
 from conftest import encode_video
-from pipeline.decode import DecodeError, FrameDecoder, DecordStream, probe_video, sample_frame_indices
 
 
 def test_sample_every_frame_every_nth_and_target_fps():

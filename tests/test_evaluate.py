@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from jobs.evaluate import main
-from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
-from pipeline.model import ModelConfig, PoseNet
+from pipeline.models.bottomup import ModelConfig, PoseNet
+from pipeline.models.checkpoint import checkpoint_metadata, save_checkpoint
 from pipeline.synthetic import write_coco_dataset
 
 

@@ -5,10 +5,11 @@ import json
 import pytest
 
 from jobs.evaluate_tracks import evaluate_output, main
-from test_query import tracked_from_ground_truth
-from pipeline.read import list_videos
+from pipeline.stages.read import list_videos
+from pipeline.stages.write import OutputWriter
 from pipeline.synthetic.videos import write_video
-from pipeline.write import OutputWriter
+
+from test_query import tracked_from_ground_truth
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jobs.run import EXIT_USAGE, load_run_config, main, parse_args, run
+from pipeline.config import ConfigError, RunConfig
+from pipeline.pose.letterbox import Letterbox
+from pipeline.stages.assemble import VideoAssembler
+from pipeline.stages.decode import FrameDecoder
+from pipeline.stages.plan import Pools, actor_memory, decode_cpus, fit_memory, plan_pools
+from pipeline.stages.read import make_video_id
+
 import faults
 from conftest import encode_video
-from jobs.run import EXIT_USAGE, load_run_config, main, parse_args, run
-from pipeline.assembly import VideoAssembler
-from pipeline.config import ConfigError, RunConfig
-from pipeline.decode import FrameDecoder
-from pipeline.plan import Pools, actor_memory, decode_cpus, fit_memory, plan_pools
-from pipeline.preprocess import Letterbox
-from pipeline.read import make_video_id
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -339,9 +340,9 @@ def stall_ref(path: Path, source: str) -> dict:
 
 def patch_listing(monkeypatch, extra: list[dict] = (), delete: list[Path] = ()) -> None:
     """The real listing, plus `extra` refs, with `delete` removed right after listing (before decoding)."""
-    import pipeline.read
+    import pipeline.stages.read
 
-    real = pipeline.read.list_videos
+    real = pipeline.stages.read.list_videos
 
     def listing(*args, **kwargs):
         refs = real(*args, **kwargs) + list(extra)
@@ -349,7 +350,7 @@ def patch_listing(monkeypatch, extra: list[dict] = (), delete: list[Path] = ()) 
             path.unlink()
         return sorted(refs, key=lambda r: r["uri"])
 
-    monkeypatch.setattr(pipeline.read, "list_videos", listing)
+    monkeypatch.setattr(pipeline.stages.read, "list_videos", listing)
 
 
 class ActorKiller(threading.Thread):
@@ -364,7 +365,7 @@ class ActorKiller(threading.Thread):
 
     def run(self) -> None:
         import ray
-        from ray._private.state import actors   # the GCS actor table: works without the dashboard
+        from ray._private.state import actors  # the GCS actor table: works without the dashboard
 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.grouping import GroupingConfig, _match_greedily, group_people, group_people_batch
-from pipeline.heatmaps import encode_heatmaps
-from pipeline.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS, NUM_LIMBS, SKELETON
-from pipeline.pafs import encode_pafs
+from pipeline.pose.grouping import GroupingConfig, _match_greedily, group_people, group_people_batch
+from pipeline.pose.heatmaps import encode_heatmaps
+from pipeline.pose.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS, NUM_LIMBS, SKELETON
+from pipeline.pose.pafs import encode_pafs
 
 SIZE = (64, 64)  # (H, W) heatmap pixels
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.heatmaps import (
+from pipeline.pose.heatmaps import (
     _max_3x3,
     box_maxima,
     decode_heatmaps,

@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import inference
-from pipeline.inference import PoseEstimator, autocast_dtype, fold_batchnorm, missing_keypoints
-from pipeline.model import ModelConfig, PoseNet
+from pipeline.models import runtime
+from pipeline.models.bottomup import ModelConfig, PoseNet
+from pipeline.models.pose_model import missing_keypoints
+from pipeline.models.runtime import autocast_dtype, fold_batchnorm
+from pipeline.stages.infer import PoseEstimator
 
 
 def trained_looking(model: nn.Module) -> nn.Module:
@@ -57,9 +59,9 @@ def test_flip_test_predictions_are_mirror_symmetric():
 
     The maps agree to float rounding; the people agree except where grouping meets a near-tie (two candidates of
     almost equal limb score, or NMS plateaus broken in raster order, which a mirror reverses)."""
-    from pipeline.keypoints import FLIP_INDEX
-    from pipeline.model import forward_flip_averaged, unmirror_outputs
-    from pipeline.preprocess import normalize
+    from pipeline.models.bottomup import forward_flip_averaged, unmirror_outputs
+    from pipeline.pose.keypoints import FLIP_INDEX
+    from pipeline.pose.letterbox import normalize
     from pipeline.synthetic import render_scene
 
     image, _ = render_scene(np.random.default_rng(5), (256, 256), num_people=2, person_height=(150.0, 200.0))
@@ -82,14 +84,14 @@ def test_flip_test_predictions_are_mirror_symmetric():
 
 def test_auto_precision_takes_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, caplog):
     cpu = torch.device("cpu")
-    assert isinstance(inference.cpu_has_native_bf16(), bool)
+    assert isinstance(runtime.cpu_has_native_bf16(), bool)
     assert autocast_dtype("fp32", cpu) is None
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert autocast_dtype("auto", cpu) is None
-    with caplog.at_level(logging.WARNING, logger="pipeline.inference"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.models.runtime"):
         assert autocast_dtype("bf16", cpu) is torch.bfloat16  # honoured, but slow: the user is told
     assert "emulated" in caplog.text
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert autocast_dtype("auto", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="precision"):
         autocast_dtype("int8", cpu)
@@ -97,8 +99,8 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_runs_it_natively(monkeypat
 
 PAGE_FAULTS_PER_FORWARD = """
 import resource, sys, torch
-from pipeline.inference import keep_freed_memory, prepare_model
-from pipeline.model import ModelConfig, PoseNet
+from pipeline.models.runtime import keep_freed_memory, prepare_model
+from pipeline.models.bottomup import ModelConfig, PoseNet
 if sys.argv[1] == "keep" and not keep_freed_memory():
     sys.exit(3)
 torch.set_num_threads(1)

@@ -7,11 +7,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import encode_video
 from jobs.run import load_run_config, parse_args, run
 from pipeline.config import RunConfig
-from pipeline.manifest import MANIFEST_PATH, MANIFEST_SCHEMA, Manifest, ManifestError, outputs_hash
-from pipeline.write import partition_path
+from pipeline.stages.manifest import MANIFEST_PATH, MANIFEST_SCHEMA, Manifest, ManifestError, outputs_hash
+from pipeline.stages.write import partition_path
+
+from conftest import encode_video
 
 REF = {"uri": "s3://b/videos/cam0/walk.mp4", "video_id": "walk-0123456789", "source": "cam0", "size": 1000,
        "version": "etag-1"}

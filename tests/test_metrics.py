@@ -7,9 +7,18 @@ import copy
 import numpy as np
 import pytest
 
-from pipeline.keypoints import NUM_KEYPOINTS, coco_person_category
-from pipeline.metrics import (complete_ground_truth, evaluate_results, match_people, oks, oks_ap, pck, pck_coco,
-                              people_to_results, results_to_array)
+from pipeline.evaluation.metrics import (
+    complete_ground_truth,
+    evaluate_results,
+    match_people,
+    oks,
+    oks_ap,
+    pck,
+    pck_coco,
+    people_to_results,
+    results_to_array,
+)
+from pipeline.pose.keypoints import NUM_KEYPOINTS, coco_person_category
 
 
 def make_gt(num_images: int = 4, people: int = 2, seed: int = 0) -> dict:

@@ -1,13 +1,12 @@
 import json
 
 import numpy as np
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.keypoints import NUM_KEYPOINTS, NUM_LIMBS
-from pipeline.model import ModelConfig, PoseNet, count_parameters, deepen
+from pipeline.models.bottomup import ModelConfig, PoseNet, count_parameters, deepen
+from pipeline.pose.keypoints import NUM_KEYPOINTS, NUM_LIMBS
 
 TINY = ModelConfig(input_size=64, width=8, stage_blocks=(1, 1, 1), feature_channels=16, head_channels=8, head_convs=1)
 
@@ -110,8 +109,8 @@ def test_config_rejects_unknown_keys_and_bad_values():
 
 def test_unmirror_outputs_maps_mirrored_targets_back_exactly():
     """The targets of a mirrored image, unmirrored, are the targets of the image: channels, limbs and signs."""
-    from pipeline.dataset import TargetConfig, encode_targets, transform_keypoints
-    from pipeline.model import unmirror_outputs
+    from pipeline.models.bottomup import unmirror_outputs
+    from pipeline.training.dataset import TargetConfig, encode_targets, transform_keypoints
 
     rng = np.random.default_rng(3)
     keypoints = np.concatenate([rng.uniform(20, 230, (2, NUM_KEYPOINTS, 2)), np.full((2, NUM_KEYPOINTS, 1), 2.0)], -1)
@@ -126,7 +125,7 @@ def test_unmirror_outputs_maps_mirrored_targets_back_exactly():
 
 
 def test_flip_averaged_outputs_of_a_mirrored_image_are_the_mirror(tiny_model):
-    from pipeline.model import forward_flip_averaged, unmirror_outputs
+    from pipeline.models.bottomup import forward_flip_averaged, unmirror_outputs
 
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():

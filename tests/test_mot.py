@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.keypoints import NUM_KEYPOINTS
-from pipeline.mot import evaluate_tracks, load_ground_truth
-from pipeline.tracking import track_video
+from pipeline.evaluation.mot import evaluate_tracks, load_ground_truth
+from pipeline.pose.keypoints import NUM_KEYPOINTS
+from pipeline.pose.tracking import track_video
 
 STANDING = np.array([  # a person facing the camera, body height 1, hip centre at the origin
     [0.0, -0.42], [0.02, -0.44], [-0.02, -0.44], [0.045, -0.43], [-0.045, -0.43],

@@ -20,12 +20,13 @@ import pytest
 import ray
 import s3fs
 
-from conftest import encode_video, s3_server
 from jobs.run import EXIT_PARTIAL, EXIT_USAGE, load_run_config, main, parse_args, run
-from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
-from pipeline.model import ModelConfig, PoseNet
-from pipeline.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, RUNS_SCHEMA, TRACKS_SCHEMA
+from pipeline.models.bottomup import ModelConfig, PoseNet
+from pipeline.models.checkpoint import checkpoint_metadata, save_checkpoint
+from pipeline.outputs.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, RUNS_SCHEMA, TRACKS_SCHEMA
 from pipeline.storage import resolve
+
+from conftest import encode_video, s3_server
 
 BUCKET = "archive"
 KEY_ID, SECRET = "AKIAPOSEPIPETEST0001", "env-secret-9f3Kq7Zt"          # the standard chain: environment

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.keypoints import NUM_KEYPOINTS, NUM_LIMBS, SKELETON
-from pipeline.pafs import encode_pafs, score_limb_pairs, score_limbs
+from pipeline.pose.keypoints import NUM_KEYPOINTS, NUM_LIMBS, SKELETON
+from pipeline.pose.pafs import encode_pafs, score_limb_pairs, score_limbs
 
 ONE_LIMB = ((0, 1),)
 

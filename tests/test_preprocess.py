@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.heatmaps import decode_heatmaps, encode_heatmaps, heatmap_to_input, input_to_heatmap
-from pipeline.preprocess import IMAGE_MEAN, IMAGE_STD, Letterbox, normalize
+from pipeline.pose.heatmaps import decode_heatmaps, encode_heatmaps, heatmap_to_input, input_to_heatmap
+from pipeline.pose.letterbox import IMAGE_MEAN, IMAGE_STD, Letterbox, normalize
 
 
 @pytest.mark.parametrize("width,height", [(320, 240), (240, 320), (1920, 1080), (101, 37), (16, 16), (256, 256)])

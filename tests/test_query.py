@@ -1,4 +1,4 @@
-"""Query side of the outputs: pandas / pyarrow / DuckDB reads, `pipeline.query` views (local, memory://, S3 via moto),
+"""Query side of the outputs: pandas / pyarrow / DuckDB reads, `pipeline.outputs.query` views (local, memory://, S3 via moto),
 `to_long`, COCO export scored by pycocotools, `posepipe query`, and the recipes of docs/tables.md run verbatim."""
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.outputs.query import connect, empty_table, keypoint_array, query, to_long
+from pipeline.outputs.schema import TABLES
+from pipeline.pose.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
+from pipeline.pose.tracking import UNTRACKED
+from pipeline.stages.assemble import TrackedFrame
+from pipeline.stages.write import OutputWriter
+
 from conftest import s3_server
-from pipeline.assembly import TrackedFrame
-from pipeline.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
-from pipeline.query import connect, empty_table, keypoint_array, query, to_long
-from pipeline.schema import TABLES
-from pipeline.tracking import UNTRACKED
-from pipeline.write import OutputWriter
 
 RECIPES = Path(__file__).resolve().parent.parent / "docs" / "tables.md"   # query recipes with known answers
 DATE = "2026-03-04"
@@ -130,7 +131,7 @@ def tracked_from_ground_truth(gt: dict) -> list[TrackedFrame]:
 def write_synthetic_output(root: Path, videos: Path, **video_kw) -> tuple[dict, dict]:
     """One synthetic video (pipeline.synthetic.videos) listed by the real reader and written by the real writer
     from its ground truth. Returns (ref, ground truth)."""
-    from pipeline.read import list_videos
+    from pipeline.stages.read import list_videos
     from pipeline.synthetic.videos import write_video
 
     gt_path = write_video(videos / "cam1" / "synthetic.mp4", supersample=1, **video_kw)
@@ -190,7 +191,7 @@ def test_pandas_pyarrow_and_duckdb_read_the_same_rows(output):
     assert runs == [("TIMESTAMP WITH TIME ZONE", pd.Timestamp(DATE).date())]
 
 
-# --- pipeline.query -------------------------------------------------------------------------------------------------
+# --- pipeline.outputs.query -------------------------------------------------------------------------------------------------
 
 def check_views(con: duckdb.DuckDBPyConnection) -> None:
     assert query(con, "SELECT count(*) AS n FROM frames")["n"][0] == PERSON_ROWS
@@ -279,7 +280,7 @@ def ground_truth(frames: list[TrackedFrame]) -> dict:
                                 "keypoints": coco.reshape(-1).tolist(), "num_keypoints": int(found.sum()),
                                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                                 "area": float((x1 - x0) * (y1 - y0)), "iscrowd": 0})
-    from pipeline.keypoints import coco_person_category
+    from pipeline.pose.keypoints import coco_person_category
     return {"images": images, "annotations": annotations, "categories": [coco_person_category()]}
 
 
@@ -301,7 +302,7 @@ def coco_ap(gt: dict, results: list[dict]) -> tuple[float, int]:
 
 
 def test_coco_results_load_in_pycocotools_and_score_perfectly(output):
-    from pipeline.coco_export import video_results
+    from pipeline.outputs.coco_export import video_results
 
     results = video_results(str(output), "walk-0123456789")
     assert len(results) == 72 and {r["category_id"] for r in results} == {1}
@@ -325,7 +326,7 @@ def test_coco_results_load_in_pycocotools_and_score_perfectly(output):
 
 
 def test_coco_results_score_perfectly_against_a_synthetic_videos_ground_truth(tmp_path):
-    from pipeline.coco_export import video_results
+    from pipeline.outputs.coco_export import video_results
     from pipeline.synthetic.videos import video_ground_truth_to_coco
 
     ref, gt = write_synthetic_output(tmp_path / "out", tmp_path / "videos", seed=5, num_frames=10, fps=10.0,

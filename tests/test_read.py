@@ -1,7 +1,8 @@
 import pytest
 
+from pipeline.stages.read import InputError, list_videos, make_video_id
+
 from conftest import encode_video
-from pipeline.read import InputError, list_videos, make_video_id
 
 
 def test_lists_videos_with_sources(tmp_path):
@@ -37,7 +38,7 @@ def test_dangling_links_are_listed_so_they_get_an_error_row(tmp_path):
 def test_a_source_folder_that_is_not_a_plain_name_is_renamed_with_a_warning(tmp_path, caplog):
     encode_video(tmp_path / "cam 1" / "a.mp4", num_frames=2)
     encode_video(tmp_path / "cam 1" / "b.mp4", num_frames=2)
-    with caplog.at_level("WARNING", logger="pipeline.read"):
+    with caplog.at_level("WARNING", logger="pipeline.stages.read"):
         refs = list_videos(str(tmp_path))
     assert [r["source"] for r in refs] == ["cam_1", "cam_1"] and refs[0]["uri"].endswith("/cam 1/a.mp4")
     assert [r.getMessage() for r in caplog.records] == [

@@ -13,10 +13,21 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipeline.query import connect, query
-from pipeline.render import (draw_people, footage_by_source, people_by_frame, plot_summary, plural, render_clip,
-                             render_contact_sheet, sheet_indices, summary_bin_seconds, track_colour)
-from pipeline.write import OutputWriter
+from pipeline.outputs.query import connect, query
+from pipeline.outputs.render import (
+    draw_people,
+    footage_by_source,
+    people_by_frame,
+    plot_summary,
+    plural,
+    render_clip,
+    render_contact_sheet,
+    sheet_indices,
+    summary_bin_seconds,
+    track_colour,
+)
+from pipeline.stages.write import OutputWriter
+
 from test_query import write_synthetic_output
 
 NUM_FRAMES, FPS, EMPTY_FROM = 24, 10.0, 18     # rows of frames >= EMPTY_FROM are dropped: "nobody found there"

@@ -5,10 +5,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import encode_video
 from jobs.run import EXIT_USAGE, load_run_config, main, parse_args, run
-from pipeline.query import connect
-from pipeline.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, RUNS_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
+from pipeline.outputs.query import connect
+from pipeline.outputs.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, RUNS_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
+
+from conftest import encode_video
 
 
 @pytest.fixture
@@ -106,8 +107,8 @@ def test_a_long_video_streams_through_in_batch_sized_blocks(ray_local, tmp_path,
     """Ray Data would merge a generator's yields into 128 MiB blocks: a long video must not become one block."""
     import re
 
-    from pipeline.plan import build_dataset
-    from pipeline.read import list_videos
+    from pipeline.stages.plan import build_dataset
+    from pipeline.stages.read import list_videos
 
     encode_video(tmp_path / "in" / "long.mp4", num_frames=120, width=160, height=120)
     config = config_for(tmp_path, random_checkpoint, "--set", "decode.batch_size=16")

@@ -25,10 +25,11 @@ import boto3
 import pandas as pd
 import pytest
 
-from conftest import encode_video, s3_server
 from jobs.submit import build_entrypoint, config_arguments, main, parse_args, shown
-from pipeline.checkpoint import checkpoint_metadata, save_checkpoint
-from pipeline.model import ModelConfig, PoseNet
+from pipeline.models.bottomup import ModelConfig, PoseNet
+from pipeline.models.checkpoint import checkpoint_metadata, save_checkpoint
+
+from conftest import encode_video, s3_server
 
 BUCKET = "nightly"
 RAY = str(Path(sys.executable).parent / "ray")

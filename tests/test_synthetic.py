@@ -10,7 +10,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from jobs.synth import main as synth_main
-from pipeline.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
+from pipeline.pose.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
 from pipeline.synthetic import (
     HELDOUT_BACKGROUNDS,
     TRAIN_BACKGROUNDS,

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.blazepose.topdown import TopDownConfig
-from pipeline.inference import PoseEstimator, TopDownModel, load_pose_model
-from pipeline.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
+from pipeline.models.blazepose.topdown import TopDownConfig
+from pipeline.models.pose_model import TopDownModel, load_pose_model
 from pipeline.photos import FOLDER, pan_and_zoom, pan_and_zoom_matrices
-from pipeline.preprocess import Letterbox
+from pipeline.pose.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
+from pipeline.pose.letterbox import Letterbox
+from pipeline.stages.infer import PoseEstimator
 
 REAL_DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "real-dev"
 # Read off the photos by eye (pixel centres), with how far a prediction may be (px, at 512x512): the face is sharp,

@@ -3,13 +3,12 @@ One Euro smoothing, and IDF1 on noisy ground-truth-like detections."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
-from pipeline.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
-from pipeline.mot import evaluate_tracks
-from pipeline.tracking import (
+from pipeline.evaluation.mot import evaluate_tracks
+from pipeline.pose.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
+from pipeline.pose.tracking import (
     UNTRACKED,
     Tracker,
     TrackerConfig,

@@ -10,10 +10,18 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_config
-from pipeline.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
-from pipeline.model import PoseNet
-from pipeline.training import (OptimConfig, TrainConfig, export_run, initial_model, lr_factor, run_training,
-                               weighted_mse, write_trace)
+from pipeline.models.bottomup import PoseNet
+from pipeline.models.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from pipeline.training.loop import (
+    OptimConfig,
+    TrainConfig,
+    export_run,
+    initial_model,
+    lr_factor,
+    run_training,
+    weighted_mse,
+    write_trace,
+)
 
 TINY_MODEL = ["model.input_size=96", "model.width=8", "model.stage_blocks=[1, 1]", "model.feature_channels=16",
               "model.head_channels=8", "model.head_convs=1"]
@@ -96,7 +104,7 @@ def test_export_copies_the_checkpoint_and_its_trace(tmp_path, weights):
 @pytest.mark.slow
 def test_ray_training_learns_checkpoints_and_resumes(tmp_path, ray_local):
     from jobs.train import main
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.models.checkpoint import load_checkpoint
 
     output, export = tmp_path / "run", tmp_path / "export" / "tiny.pt"
     overrides = TINY_MODEL + [

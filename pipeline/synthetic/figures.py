@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
+from pipeline.pose.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
 from pipeline.synthetic.poses import DEG, Pose
 
 RING_POINTS = 12  # points per elliptic cross-section of the torso and head

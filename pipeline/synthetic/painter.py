@@ -9,7 +9,7 @@ top at every canvas pixel (-1 = background or a non-person occluder); visibility
 import cv2
 import numpy as np
 
-from pipeline.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
+from pipeline.pose.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
 from pipeline.synthetic.parts import FACING_MIN, JOINED, Figure, Part, owner_table
 
 SHIFT = 4                          # cv2 fixed-point bits for sub-pixel polygon vertices

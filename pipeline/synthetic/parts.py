@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
+from pipeline.pose.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 from pipeline.synthetic.appearance import Appearance, Texture
 from pipeline.synthetic.figures import BodyShape, View, coco_keypoints_3d, keypoint_normals, pose_skeleton, project
 from pipeline.synthetic.poses import Pose

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.keypoints import NUM_KEYPOINTS, coco_person_category
+from pipeline.pose.keypoints import NUM_KEYPOINTS, coco_person_category
 from pipeline.synthetic.appearance import Appearance, sample_appearance
 from pipeline.synthetic.backgrounds import render_background, resolve_styles
 from pipeline.synthetic.figures import BodyShape, View, sample_body_shape

@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.keypoints import coco_person_category
+from pipeline.pose.keypoints import coco_person_category
 from pipeline.synthetic.appearance import Appearance, sample_appearance
 from pipeline.synthetic.backgrounds import render_background, resolve_styles
 from pipeline.synthetic.figures import BodyShape, View, sample_body_shape

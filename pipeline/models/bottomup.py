@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.keypoints import FLIP_INDEX, FLIP_LIMB_INDEX, FLIP_LIMB_SIGN, NUM_KEYPOINTS, NUM_LIMBS
+from pipeline.pose.keypoints import FLIP_INDEX, FLIP_LIMB_INDEX, FLIP_LIMB_SIGN, NUM_KEYPOINTS, NUM_LIMBS
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ModelConfig:
     input_size: int = 256  # square input, pixels (the net also runs on other sizes that are multiples of 4)
-    num_keypoints: int = NUM_KEYPOINTS  # heatmap channels, order of pipeline/keypoints.py
+    num_keypoints: int = NUM_KEYPOINTS  # heatmap channels, order of pipeline/pose/keypoints.py
     num_limbs: int = NUM_LIMBS  # PAF head has 2 * num_limbs channels (x, y per limb, SKELETON order)
     width: int = 24  # channels of the first stage; stage i has width * 2**i
     stage_blocks: tuple[int, ...] = (2, 6, 8, 4)  # residual blocks per stage at strides 4, 8, 16, 32, ...

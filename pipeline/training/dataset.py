@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.heatmaps import encode_heatmaps, input_to_heatmap
-from pipeline.keypoints import FLIP_INDEX, NUM_KEYPOINTS, SKELETON
-from pipeline.pafs import encode_pafs
-from pipeline.preprocess import Letterbox, normalize
+from pipeline.pose.heatmaps import encode_heatmaps, input_to_heatmap
+from pipeline.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, SKELETON
+from pipeline.pose.letterbox import Letterbox, normalize
+from pipeline.pose.pafs import encode_pafs
 from pipeline.storage import is_local, join, resolve
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class CocoKeypointDataset(Dataset):
     """One sample per image (all its people), for bottom-up training and evaluation.
 
     Each item is a dict:
-        image: (3, S, S) float32, normalised (`pipeline.preprocess.normalize`).
+        image: (3, S, S) float32, normalised (`pipeline.pose.letterbox.normalize`).
         heatmaps: (K, S/4, S/4) float32; pafs: (2L, S/4, S/4) float32.
         keypoints: (M, K, 3) float32 [x, y, v] in input pixels after the transform; empty slots are NaN with v = 0.
         image_id: () int64; orig_size: (2,) int64 [width, height] of the original image.

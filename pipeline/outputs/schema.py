@@ -10,14 +10,14 @@ Layout under the output root (hive partitions, one file per video so a rerun rep
 
 Keypoints are wide columns `<name>_x`, `<name>_y`, `<name>_score` (float32, original-image pixels, pixel centres at
 integer coordinates); a keypoint that was not found has null x/y and score 0. Wide columns keep every engine
-(pandas, DuckDB, Spark, Trino) on plain types; `pipeline.query.to_long` gives one row per keypoint.
+(pandas, DuckDB, Spark, Trino) on plain types; `pipeline.outputs.query.to_long` gives one row per keypoint.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline.keypoints import KEYPOINT_NAMES
+from pipeline.pose.keypoints import KEYPOINT_NAMES
 
 PARTITION_COLUMNS = ("date", "source")
 # Types of the partition values, which live in directory names only: readers must be told them, or a source named

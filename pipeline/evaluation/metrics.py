@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.grouping import GroupingConfig, group_people_batch
-from pipeline.heatmaps import heatmap_to_input
-from pipeline.keypoints import NUM_KEYPOINTS, OKS_SIGMAS, PERSON_CATEGORY_ID
-from pipeline.preprocess import Letterbox
+from pipeline.pose.grouping import GroupingConfig, group_people_batch
+from pipeline.pose.heatmaps import heatmap_to_input
+from pipeline.pose.keypoints import NUM_KEYPOINTS, OKS_SIGMAS, PERSON_CATEGORY_ID
+from pipeline.pose.letterbox import Letterbox
 
 logger = logging.getLogger(__name__)
 

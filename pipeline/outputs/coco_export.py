@@ -16,8 +16,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from pipeline.keypoints import PERSON_CATEGORY_ID
-from pipeline.query import connect, keypoint_array
+from pipeline.outputs.query import connect, keypoint_array
+from pipeline.pose.keypoints import PERSON_CATEGORY_ID
 from pipeline.storage import resolve, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def coco_results(frames: pd.DataFrame, image_id_offset: int = 0) -> list[dict]:
     image_id = frame_index + image_id_offset (1 matches ground truth that numbers frames from 1, as
     `pipeline.synthetic.videos.video_ground_truth_to_coco` does).
 
-    The same format as `pipeline.metrics.people_to_results`, built here without it so that exporting does not
+    The same format as `pipeline.evaluation.metrics.people_to_results`, built here without it so that exporting does not
     import torch (seconds of start-up for a query tool).
     """
     if frames["video_id"].nunique() > 1:
@@ -48,7 +48,7 @@ def coco_results(frames: pd.DataFrame, image_id_offset: int = 0) -> list[dict]:
 
 def video_results(output: str | duckdb.DuckDBPyConnection, video_id: str, image_id_offset: int = 0,
                   storage_options: dict[str, Any] | None = None) -> list[dict]:
-    """COCO keypoint results of one video of an output root (or of a connection from `pipeline.query.connect`)."""
+    """COCO keypoint results of one video of an output root (or of a connection from `pipeline.outputs.query.connect`)."""
     con = output if isinstance(output, duckdb.DuckDBPyConnection) else connect(output, storage_options)
     frames = con.execute("SELECT * FROM frames WHERE video_id = ?", [video_id]).df()
     if frames.empty:

@@ -6,7 +6,7 @@ generator into a cache directory), starts Ray in-process unless `run.ray_address
 the held-out split (val loss, PCK@0.2 and OKS AP from grouped multi-person predictions). Rank 0 writes, under
 `run.output` (a local path or fsspec URI):
 
-    last.pt, best.pt     checkpoints (`pipeline.checkpoint`), best by OKS AP
+    last.pt, best.pt     checkpoints (`pipeline.models.checkpoint`), best by OKS AP
     train_state.pt       optimizer, scheduler, trace: what a restarted run resumes from
     trace.csv, trace.json, trace.png    one row per epoch, and a plot of loss and accuracy
 
@@ -32,15 +32,22 @@ import torch
 from pydantic import Field
 from torch.utils.data import DataLoader
 
-from pipeline.checkpoint import (WeightsDtype, checkpoint_metadata, load_checkpoint, load_training_state,
-                                 save_checkpoint, save_training_state, unwrap_model)
 from pipeline.config import StrictModel, config_hash
-from pipeline.dataset import AugmentConfig, CocoKeypointDataset, TargetConfig
-from pipeline.grouping import GroupingConfig
-from pipeline.inference import autocast_dtype
-from pipeline.metrics import evaluate_results, predict_coco_results
-from pipeline.model import ModelConfig, PoseNet, deepen
+from pipeline.evaluation.metrics import evaluate_results, predict_coco_results
+from pipeline.models.bottomup import ModelConfig, PoseNet, deepen
+from pipeline.models.checkpoint import (
+    WeightsDtype,
+    checkpoint_metadata,
+    load_checkpoint,
+    load_training_state,
+    save_checkpoint,
+    save_training_state,
+    unwrap_model,
+)
+from pipeline.models.runtime import autocast_dtype
+from pipeline.pose.grouping import GroupingConfig
 from pipeline.storage import join, resolve, write_bytes_atomic
+from pipeline.training.dataset import AugmentConfig, CocoKeypointDataset, TargetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +111,7 @@ class RunSettings(StrictModel):
     output: str = "runs/posepipe-synthetic"  # local path or fsspec URI for checkpoints and traces
     export: str | None = None  # copy best.pt here at the end (traces beside it as <stem>-trace.*)
     export_weights: WeightsDtype = "float32"  # storage of the exported weights:
-    # float16 is half the file, int8 a quarter (per-channel scales; pipeline/checkpoint.py save_checkpoint)
+    # float16 is half the file, int8 a quarter (per-channel scales; pipeline/models/checkpoint.py save_checkpoint)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -159,7 +166,8 @@ def generate_split(generate: GenerateConfig, split: SyntheticSplit) -> str:
 def run_training(config: TrainConfig) -> dict[str, Any]:
     """Train per `config` on a Ray cluster (in-process when no address is given); returns the last epoch's row."""
     import ray
-    from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
     if config.run.init_checkpoint:

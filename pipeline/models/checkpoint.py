@@ -17,7 +17,7 @@ checkpoint cannot run code. The metadata is plain JSON-like data:
     created_at      ISO-8601 UTC time of writing
     weights_dtype   how the file stores the weights: float32, float16 or int8 (`WEIGHT_DTYPES`); all load as float32
     kind            "bottomup" (absent in older files); imported top-down models ("topdown") keep their own layout,
-                    see pipeline/blazepose/weights.py
+                    see pipeline/models/blazepose/weights.py
 
 Optimizer state for resuming lives in a separate file (`save_training_state`), so the exported model stays small.
 """
@@ -37,14 +37,14 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from pipeline.keypoints import KEYPOINT_NAMES, SKELETON
-from pipeline.model import ModelConfig, PoseNet
-from pipeline.preprocess import IMAGE_MEAN, IMAGE_STD
+from pipeline.models.bottomup import ModelConfig, PoseNet
+from pipeline.pose.keypoints import KEYPOINT_NAMES, SKELETON
+from pipeline.pose.letterbox import IMAGE_MEAN, IMAGE_STD
 from pipeline.storage import resolve, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 BOTTOM_UP = "bottomup"  # metadata "kind" of PoseNet checkpoints (the default when absent); see blazepose.weights
 REQUIRED_METADATA = ("model", "keypoint_names", "skeleton", "input_size", "mean", "std", "heads")
 WeightsDtype = Literal["float32", "float16", "int8"]  # storage of a checkpoint's weights (`save_checkpoint`)
@@ -236,7 +236,7 @@ def resolve_checkpoint(uri: str) -> str:
     Raises:
         CheckpointError: a model name whose file is not in the cache, saying which command puts it there.
     """
-    from pipeline.blazepose.weights import MODEL_NAMES, cached_checkpoint
+    from pipeline.models.blazepose.weights import MODEL_NAMES, cached_checkpoint
 
     if uri in MODEL_NAMES:
         path = cached_checkpoint(uri)

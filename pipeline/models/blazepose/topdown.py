@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.blazepose import detector as det
-from pipeline.blazepose.landmarks import INPUT_SIZE as CROP_SIZE
-from pipeline.blazepose.layers import Float32
-from pipeline.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
-from pipeline.heatmaps import refine_peaks
-from pipeline.keypoints import OKS_SIGMAS
+from pipeline.models.blazepose import detector as det
+from pipeline.models.blazepose.landmarks import INPUT_SIZE as CROP_SIZE
+from pipeline.models.blazepose.layers import Float32
+from pipeline.models.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
+from pipeline.pose.heatmaps import refine_peaks
+from pipeline.pose.keypoints import OKS_SIGMAS
 
 # BlazePose landmark for each COCO-17 keypoint (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)
 COCO_FROM_BLAZEPOSE = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.blazepose.layers import depth_to_space
-from pipeline.blazepose.tflite_graph import Graph, Op
+from pipeline.models.blazepose.layers import depth_to_space
+from pipeline.models.blazepose.tflite_graph import Graph, Op
 
 
 class ConversionError(ValueError):

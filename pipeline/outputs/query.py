@@ -2,7 +2,7 @@
 
 The output root can be a local folder or any fsspec URI (s3://, gs://, memory://): for a non-local root the fsspec
 filesystem is registered with DuckDB, so no DuckDB extension (httpfs) has to be downloaded. A table that has no
-files yet is an empty view with the right columns (from `pipeline.schema`), so a query never fails because a run
+files yet is an empty view with the right columns (from `pipeline.outputs.schema`), so a query never fails because a run
 happened to have no errors. Partition columns are typed explicitly (`date` DATE, `source` VARCHAR): left to
 inference, a source named `123` would turn into an integer.
 
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
-from pipeline.schema import PARTITION_SCHEMA, TABLE_PARTITIONS, TABLES
+from pipeline.outputs.schema import PARTITION_SCHEMA, TABLE_PARTITIONS, TABLES
+from pipeline.pose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from pipeline.storage import is_local, join, resolve
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def empty_table(table: str) -> pa.Table:
 
 def connect(output: str, storage_options: dict[str, Any] | None = None,
             con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with a view per table of `pipeline.schema.TABLES` over the files under `output`."""
+    """A DuckDB connection with a view per table of `pipeline.outputs.schema.TABLES` over the files under `output`."""
     fs, root = resolve(output, storage_options)
     if not fs.exists(root):  # a typo in the path is an error, not a set of empty tables
         raise FileNotFoundError(f"output {output!r} does not exist: give the --output folder or URI of `posepipe run`")
@@ -95,7 +95,7 @@ def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def to_long(frames: pd.DataFrame, id_columns: Sequence[str] = LONG_ID_COLUMNS) -> pd.DataFrame:
     """Wide frames rows -> one row per keypoint: id columns, keypoint (ordered category), x, y, score.
 
-    A frames DataFrame of N rows gives N * K rows, K = 17 in `pipeline.keypoints` order; keypoints that were not
+    A frames DataFrame of N rows gives N * K rows, K = 17 in `pipeline.pose.keypoints` order; keypoints that were not
     found keep their row with x = y = NaN and score 0, so counts per person stay K. Filter `score > 0` for found ones.
     """
     missing = [c for c in id_columns if c not in frames.columns]
@@ -113,7 +113,7 @@ def to_long(frames: pd.DataFrame, id_columns: Sequence[str] = LONG_ID_COLUMNS) -
 def keypoint_array(frames: pd.DataFrame) -> np.ndarray:
     """Wide frames rows -> (N, K, 3) float32 [x, y, score], NaN x/y where a keypoint was not found.
 
-    The inverse of the wide layout `pipeline.write.frames_table` writes; rows keep their order.
+    The inverse of the wide layout `pipeline.stages.write.frames_table` writes; rows keep their order.
     """
     parts = [[f"{name}_{part}" for name in KEYPOINT_NAMES] for part in ("x", "y", "score")]
     missing = [c for cols in parts for c in cols if c not in frames.columns]

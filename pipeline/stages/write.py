@@ -1,4 +1,4 @@
-"""Write stage: tracked videos -> Arrow tables (schemas from `pipeline.schema`) -> hive-partitioned Parquet.
+"""Write stage: tracked videos -> Arrow tables (schemas from `pipeline.outputs.schema`) -> hive-partitioned Parquet.
 
 Every table file is named by its video (or run) and written atomically, so a rerun replaces instead of duplicating
 and a crash never leaves half a file. Partition values are directory names only (`date=.../source=...`).
@@ -12,11 +12,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.assembly import TrackedFrame
-from pipeline.keypoints import NUM_KEYPOINTS
-from pipeline.schema import ERRORS_SCHEMA, FRAMES_SCHEMA, KEYPOINT_COLUMNS, RUNS_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
+from pipeline.outputs.schema import (
+    ERRORS_SCHEMA,
+    FRAMES_SCHEMA,
+    KEYPOINT_COLUMNS,
+    RUNS_SCHEMA,
+    TRACKS_SCHEMA,
+    VIDEOS_SCHEMA,
+)
+from pipeline.pose.keypoints import NUM_KEYPOINTS
+from pipeline.pose.tracking import UNTRACKED
+from pipeline.stages.assemble import TrackedFrame
 from pipeline.storage import join, resolve, write_parquet_atomic
-from pipeline.tracking import UNTRACKED
 
 
 def partition_path(root: str, table: str, date: str, source: str | None, name: str) -> str:

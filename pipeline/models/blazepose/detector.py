@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.blazepose.layers import BlazeBlock, Encoder, SeparableConv, depth_to_space
+from pipeline.models.blazepose.layers import BlazeBlock, Encoder, SeparableConv, depth_to_space
 
 INPUT_SIZE = 224
 NUM_ANCHORS = 2254

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def is_topdown(meta: dict) -> bool:
-    from pipeline.blazepose.weights import CHECKPOINT_KIND
+    from pipeline.models.blazepose.weights import CHECKPOINT_KIND
 
     return meta.get("kind") == CHECKPOINT_KIND
 
@@ -172,8 +172,8 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int, topdown:
     import ray
     from ray.data import ActorPoolStrategy
 
-    from pipeline.decode import FrameDecoder
-    from pipeline.inference import PoseEstimator
+    from pipeline.stages.decode import FrameDecoder
+    from pipeline.stages.infer import PoseEstimator
 
     pools = pool_sizes(config, input_size, topdown)
     logger.info("decode actors %d (%.2g CPUs, %.1f GB each), inference actors %d (%.0f GPUs, %.1f GB each)",

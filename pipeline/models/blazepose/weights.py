@@ -8,7 +8,7 @@ converts the graphs into the torch modules of this package (`convert.load_graph_
 guessed) and saves one checkpoint per landmark variant, detector included, in the model cache (`cache_dir()`) or any
 folder or URI.
 
-A checkpoint is the usual `torch.save` payload (`pipeline.checkpoint.save_payload`): {"metadata", "detector",
+A checkpoint is the usual `torch.save` payload (`pipeline.models.checkpoint.save_payload`): {"metadata", "detector",
 "landmarks"} with the weights stored as fp16 wherever the graph stored them so (all but a few biases; lossless).
 `model.checkpoint: blazepose-heavy` names the cached file; a path or URI works as for any checkpoint.
 """
@@ -29,10 +29,12 @@ from typing import Any
 
 import torch
 
-from pipeline.blazepose.detector import INPUT_SIZE as DETECTOR_INPUT_SIZE, PersonDetector
-from pipeline.blazepose.landmarks import INPUT_SIZE as CROP_SIZE, VARIANTS, LandmarkNet
-from pipeline.blazepose.topdown import COCO_FROM_BLAZEPOSE
-from pipeline.keypoints import KEYPOINT_NAMES, SKELETON
+from pipeline.models.blazepose.detector import INPUT_SIZE as DETECTOR_INPUT_SIZE
+from pipeline.models.blazepose.detector import PersonDetector
+from pipeline.models.blazepose.landmarks import INPUT_SIZE as CROP_SIZE
+from pipeline.models.blazepose.landmarks import VARIANTS, LandmarkNet
+from pipeline.models.blazepose.topdown import COCO_FROM_BLAZEPOSE
+from pipeline.pose.keypoints import KEYPOINT_NAMES, SKELETON
 from pipeline.storage import join, resolve, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -159,8 +161,11 @@ def convert_landmarks(data: bytes, variant: str) -> LandmarkNet:
 
 def convert_graph(module: torch.nn.Module, data: bytes, expected: str, forward=None) -> torch.nn.Module:
     """A .tflite graph's weights in `module`; a graph of another model is refused naming what was `expected`."""
-    from pipeline.blazepose.convert import ConversionError, load_graph_weights  # conversion only: `tflite` package
-    from pipeline.blazepose.tflite_graph import UnsupportedGraph, read_graph
+    from pipeline.models.blazepose.convert import (  # conversion only: `tflite` package
+        ConversionError,
+        load_graph_weights,
+    )
+    from pipeline.models.blazepose.tflite_graph import UnsupportedGraph, read_graph
 
     try:
         return load_graph_weights(module, read_graph(data), forward)
@@ -207,7 +212,7 @@ def fetch_models(variants: tuple[str, ...] = tuple(VARIANTS), out: str | None = 
     Raises:
         WeightsError: a download or checksum failed, or a graph did not convert.
     """
-    from pipeline.checkpoint import CheckpointError, read_metadata, save_payload
+    from pipeline.models.checkpoint import CheckpointError, read_metadata, save_payload
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -1,7 +1,7 @@
 """Multi-person tracking: link the people of consecutive sampled frames of ONE video into tracks.
 
 Shape letters: P = people in the current frame, Q = people of another set, T = live tracks,
-K = keypoints (17, COCO order, see pipeline/keypoints.py).
+K = keypoints (17, COCO order, see pipeline/pose/keypoints.py).
 Keypoint arrays are (P, K, 3) [x, y, score] in image pixels; a missing keypoint is x = y = NaN, score 0.
 
 A track remembers where each of its keypoints was last seen (keypoints hidden now move along with the body) and
@@ -30,7 +30,7 @@ from typing import Iterable
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.keypoints import OKS_SIGMAS
+from pipeline.pose.keypoints import OKS_SIGMAS
 
 logger = logging.getLogger(__name__)
 

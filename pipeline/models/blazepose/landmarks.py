@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.blazepose.layers import Block, BlazeBlock, Encoder, SeparableConv
+from pipeline.models.blazepose.layers import BlazeBlock, Block, Encoder, SeparableConv
 
 INPUT_SIZE = 256
 NUM_LANDMARKS = 39          # 33 body landmarks + 6 auxiliary

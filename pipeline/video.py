@@ -1,48 +1,26 @@
-"""Decode stage: video references in, bounded batches of letterboxed uint8 frames out.
-
-decord decodes and resizes in one pass (ffmpeg's scaler, so the resize happens on the cheapest side: before any
-copy); the letterbox padding is added here and normalisation waits for the inference device, so frames cross Ray's
-object store as uint8 (B, S, S, 3). A video streams in batches of `batch_size` frames and is never held whole.
-
-Each video ends with one *end marker* row (`is_end`) that carries how many frames were emitted and, when decoding
-failed, the error; downstream stages pass it through so the driver knows when a video is complete and why not.
-
-What goes wrong with real archives, and what this module does about it (tests/test_faults.py builds each case):
-- A file that is not a video, is empty, has no video stream or an unknown codec: an `open` error, no frames.
-- A frame that does not decode: from its batch on, the video is decoded with PyAV, which skips exactly the broken
-  frames; the good frames before and after them are kept (one `CorruptFrames` error row says how many were lost).
-- A header that promises more frames than the file holds (a cut copy, a wrong header): every frame that is there
-  is kept, and one `MissingFrames` error row says how many were promised.
-- A rotated video (display matrix): decord rotates it but stretches it into the coded size (measured, decord 0.6),
-  so it is decoded with PyAV and turned upright here; keypoints come out in the displayed orientation.
-- A codec or a file decord cannot open (AV1; an mp4 cut short whose index survives): PyAV decodes it instead,
-  keeping every frame up to the damage.
-- A decoder that blocks (a FIFO, a stalled remote read, an FFmpeg hang): each video decodes in a worker thread
-  (decord and PyAV release the GIL in C, measured) feeding a bounded queue; after `timeout_s` of waiting the
-  video ends with a `Timeout` error and the actor moves on.
-"""
+"""Reading videos: probing a file's header, decoding frames with decord (PyAV where decord cannot: rotated videos,
+codecs its FFmpeg lacks, broken packets), resized straight to the letterbox, and fetching remote files to local disk.
+Used by the decode stage and by rendering."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import queue
 import re
 import shutil
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol
 
 import av
 import numpy as np
 
-from pipeline.preprocess import Letterbox
+from pipeline.pose.letterbox import Letterbox
 from pipeline.storage import is_local, resolve
 
 logger = logging.getLogger(__name__)
+
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # indices (b,), timestamps_s (b,), frames uint8 (b, S, S, 3)
 
@@ -350,218 +328,3 @@ def open_stream(path: str, size: int, num_threads: int = 1) -> Stream:
     except DecodeError as exc:
         logger.info("%s: %s; decoding with PyAV instead", path, exc)
         return PyAVStream(path, size, num_threads, info)
-
-
-def frame_batch(ref: dict[str, Any], indices: np.ndarray, timestamps: np.ndarray, frames: np.ndarray,
-                letterbox: Letterbox) -> dict[str, np.ndarray]:
-    """Columns of a decoded batch (one row per frame) as they travel to the inference stage."""
-    n = len(indices)
-    return {
-        "video_id": np.full(n, ref["video_id"], dtype=object),
-        "frame_index": indices.astype(np.int64),
-        "timestamp_s": timestamps.astype(np.float64),
-        "width": np.full(n, letterbox.width, dtype=np.int32),
-        "height": np.full(n, letterbox.height, dtype=np.int32),
-        "image": frames,                                   # (n, S, S, 3) uint8
-        "is_end": np.zeros(n, dtype=bool),
-        "num_frames": np.zeros(n, dtype=np.int64),
-        "error": np.full(n, "", dtype=object),
-        "fps": np.zeros(n, dtype=np.float64),
-        "duration_s": np.zeros(n, dtype=np.float64),
-    }
-
-
-@dataclass(frozen=True)
-class VideoHeader:
-    """What the end marker tells about the video itself (zeros when it never opened)."""
-    width: int = 0           # display size, pixels
-    height: int = 0
-    fps: float = 0.0
-    duration_s: float = 0.0  # frames in the stream / fps
-
-    @classmethod
-    def of(cls, stream: Stream) -> "VideoHeader":
-        fps = float(stream.fps or 0.0)
-        return cls(stream.letterbox.width, stream.letterbox.height, fps, stream.num_frames / fps if fps > 0 else 0.0)
-
-
-def end_marker(ref: dict[str, Any], size: int, num_frames: int, error: str = "",
-               header: VideoHeader = VideoHeader()) -> dict[str, np.ndarray]:
-    """The last row of a video: how many frames were emitted, the error (`stage|type|message`) if any, and the
-    video's display size, frame rate and duration."""
-    return {
-        "video_id": np.array([ref["video_id"]], dtype=object),
-        "frame_index": np.array([-1], dtype=np.int64),
-        "timestamp_s": np.zeros(1, dtype=np.float64),
-        "width": np.array([header.width], dtype=np.int32),
-        "height": np.array([header.height], dtype=np.int32),
-        "image": np.zeros((1, size, size, 3), dtype=np.uint8),
-        "is_end": np.ones(1, dtype=bool),
-        "num_frames": np.array([num_frames], dtype=np.int64),
-        "error": np.array([error], dtype=object),
-        "fps": np.array([header.fps], dtype=np.float64),
-        "duration_s": np.array([header.duration_s], dtype=np.float64),
-    }
-
-
-def format_error(stage: str, exc: BaseException) -> str:
-    """`stage|type|message`; the type is the DecodeError's kind, else the underlying exception's class."""
-    kind = getattr(exc, "kind", None) or type(exc.__cause__ or exc).__name__
-    return f"{stage}|{kind}|{str(exc).replace(chr(10), ' ')[:500]}"
-
-
-def frame_list(indices: list[int] | np.ndarray, limit: int = 10) -> str:
-    return ", ".join(map(str, list(indices)[:limit])) + (", ..." if len(indices) > limit else "")
-
-
-def missing_frames(stream: Stream, sampling: dict[str, Any]) -> np.ndarray:
-    """Sampled frames that the header promises and the file does not hold (a truncated file or a lying header).
-
-    Only frames the sampling would have decoded count, and one or two frames of slack allow for encoders whose
-    header counts a frame more than they store.
-    """
-    promised = sample_frame_indices(stream.info.num_frames, stream.fps, **sampling)
-    missing = promised[promised >= stream.num_frames]
-    return missing if len(missing) > max(2, 0.01 * len(promised)) else missing[:0]
-
-
-def lost_frames_message(stream: Stream, sampled: int, missing: np.ndarray) -> str:
-    """What was lost of one video, for its error row: frames that did not decode and frames that are not there."""
-    parts = []
-    if len(missing):
-        parts.append(f"the container lists {stream.info.num_frames} frames but the file holds {stream.num_frames} "
-                     f"(truncated, or a wrong header): {len(missing)} sampled frames are missing")
-    if stream.lost:
-        parts.append(f"{len(stream.lost)} of {sampled} sampled frames could not be decoded and were skipped "
-                     f"(frame {frame_list(stream.lost)})")
-    return "; ".join(parts) + "; the frames that decoded are kept"
-
-
-_DONE = object()
-
-
-class DecodeWorker(threading.Thread):
-    """Decodes one video in a daemon thread into a bounded queue, so that the actor can stop waiting at a deadline.
-
-    decord and PyAV release the GIL while they block in C, so the actor thread keeps running; a worker that never
-    returns (a FIFO with no writer, a hung read) is abandoned and stops at its next batch once `cancel` is set.
-    """
-
-    def __init__(self, ref: dict[str, Any], size: int, sampling: dict[str, Any], batch_size: int, threads: int,
-                 storage_options: dict[str, Any], cache_dir: str | None, depth: int = 2):
-        super().__init__(name=f"decode-{ref['video_id']}", daemon=True)
-        self.ref, self.size, self.sampling, self.batch_size, self.threads = ref, size, sampling, batch_size, threads
-        self.storage_options, self.cache_dir = storage_options, cache_dir
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)   # bounds the frames held per actor to `depth` batches
-        self.cancel = threading.Event()
-        self.stage = "open"                                    # how far it got, for a Timeout's error row
-        self.error = ""                                        # `stage|type|message`, set before _DONE is queued
-        self.header = VideoHeader()                            # set once the video opened
-
-    def run(self) -> None:
-        try:
-            self.decode()
-        except DecodeError as exc:
-            self.error = format_error(exc.stage, exc)
-        except Exception as exc:  # anything else from a broken file must not stop the job either
-            self.error = format_error(self.stage, exc)
-        finally:
-            self.put(_DONE)
-
-    def decode(self) -> None:
-        stream: Stream | None = None
-        indices = missing = np.zeros(0, np.int64)
-        try:
-            with local_copy(self.ref["uri"], self.storage_options, self.cache_dir) as path:
-                stream = open_stream(path, self.size, self.threads)
-                self.header = VideoHeader.of(stream)
-                self.stage = "decode"
-                indices = sample_frame_indices(stream.num_frames, stream.fps, **self.sampling)
-                missing = missing_frames(stream, self.sampling)
-                if len(indices) == 0:
-                    raise DecodeError("decode", "the video has no frames", "NoFrames")
-                for chunk, timestamps, frames in stream.batches(indices, self.batch_size):
-                    if not self.put((chunk, timestamps, frames, stream.letterbox)):
-                        return
-        except DecodeError as exc:
-            if stream is not None and (stream.lost or len(missing)):
-                exc.args = (f"{exc}; also {lost_frames_message(stream, len(indices), missing)}",)
-            raise
-        if stream.lost or len(missing):
-            raise DecodeError("decode", lost_frames_message(stream, len(indices), missing),
-                              "MissingFrames" if len(missing) else "CorruptFrames")
-
-    def put(self, item: Any) -> bool:
-        """Queue `item`, waiting while the queue is full; False once the video was given up."""
-        while not self.cancel.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-
-class FrameDecoder:
-    """Ray Data UDF: a batch of video references -> a stream of frame batches, then one end marker per video.
-
-    Errors never escape: a video that fails to open or decode ends with a marker that carries the error, after
-    whatever frames decoded before it (those are kept). `timeout_s` bounds the time one video keeps this actor
-    waiting for its decoder (time spent handing batches downstream does not count, so backpressure from a slow
-    inference stage never turns into a timeout).
-    """
-
-    abandoned: list[DecodeWorker] = []   # workers given up at their deadline, per process
-
-    def __init__(self, size: int, every_nth: int = 1, fps: float | None = None, max_frames: int | None = None,
-                 batch_size: int = 32, threads: int = 1, storage_options: dict[str, Any] | None = None,
-                 cache_dir: str | None = None, timeout_s: float = 900.0):
-        self.size = size
-        self.sampling = dict(every_nth=every_nth, target_fps=fps, max_frames=max_frames)
-        self.batch_size = batch_size
-        self.threads = threads
-        self.storage_options = storage_options or {}
-        self.cache_dir = cache_dir
-        self.timeout_s = timeout_s
-
-    def __call__(self, refs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(len(refs["uri"])):
-            ref = {key: refs[key][i] for key in refs}
-            yield from self.decode_video(ref)
-
-    def decode_video(self, ref: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-        worker = DecodeWorker(ref, self.size, self.sampling, self.batch_size, self.threads, self.storage_options,
-                              self.cache_dir)
-        worker.start()
-        emitted, waited, error = 0, 0.0, ""
-        try:
-            while True:
-                started = time.monotonic()
-                try:
-                    item = worker.queue.get(timeout=max(0.0, self.timeout_s - waited))
-                except queue.Empty:
-                    error = self.give_up(worker, ref, emitted)
-                    break
-                waited += time.monotonic() - started
-                if item is _DONE:
-                    error = worker.error
-                    break
-                chunk, timestamps, frames, letterbox = item
-                yield frame_batch(ref, chunk, timestamps, frames, letterbox)
-                emitted += len(chunk)
-        finally:
-            worker.cancel.set()  # also when Ray closes this generator early
-        if error:
-            logger.warning("video %s: %s", ref["uri"], error)
-        yield end_marker(ref, self.size, emitted, error, worker.header)
-
-    def give_up(self, worker: DecodeWorker, ref: dict[str, Any], emitted: int) -> str:
-        worker.cancel.set()
-        self.abandoned[:] = [w for w in self.abandoned if w.is_alive()] + [worker]
-        logger.warning("video %s: no result after %.0f s in stage %s; abandoning its decoder thread "
-                       "(%d abandoned threads still running in this actor)", ref["uri"], self.timeout_s,
-                       worker.stage, len(self.abandoned))
-        doing = "opening the video" if worker.stage == "open" else "decoding"
-        return (f"{worker.stage}|Timeout|{doing} took longer than decode.timeout_s={self.timeout_s:g} s "
-                f"({emitted} frames decoded before, kept); check that the file is complete and readable, or raise "
-                f"decode.timeout_s for very long videos")

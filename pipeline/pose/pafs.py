@@ -2,7 +2,7 @@
 
 Shape letters: N = people (ground truth), K = keypoint types, L = limbs (`SKELETON` order), H, W = field height and
 width, B = images, A / C = candidate start / end points of one limb, S = samples along a candidate limb.
-Coordinates are heatmap pixels with the convention of `pipeline.heatmaps` (pixel centres at integers).
+Coordinates are heatmap pixels with the convention of `pipeline.pose.heatmaps` (pixel centres at integers).
 
 Channel 2l of a PAF stack is the x component of limb l, channel 2l + 1 its y component. On pixels within
 `limb_width` of a person's limb segment the field is the unit vector from the limb's start keypoint to its end;
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.keypoints import SKELETON
+from pipeline.pose.keypoints import SKELETON
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Run a pose model over a COCO image set as a run runs it on video frames: letterboxed uint8 frames, the model on its
-device (`pipeline.inference.load_pose_model`), people mapped back to original image pixels as COCO keypoint results.
+device (`pipeline.stages.infer.load_pose_model`), people mapped back to original image pixels as COCO keypoint results.
 """
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.dataset import CocoKeypointDataset
-from pipeline.inference import TopDownModel
-from pipeline.metrics import people_to_results
-from pipeline.preprocess import Letterbox
+from pipeline.evaluation.metrics import people_to_results
+from pipeline.models.pose_model import TopDownModel
+from pipeline.pose.letterbox import Letterbox
+from pipeline.training.dataset import CocoKeypointDataset
 
 
 class LetterboxedImages(Dataset):

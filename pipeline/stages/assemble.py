@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.keypoints import NUM_KEYPOINTS
-from pipeline.tracking import TrackerConfig, track_video
+from pipeline.pose.keypoints import NUM_KEYPOINTS
+from pipeline.pose.tracking import TrackerConfig, track_video
 
 
 @dataclass

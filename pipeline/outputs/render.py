@@ -1,6 +1,6 @@
 """Visual QA: a video's frames with its people drawn on them, as an mp4 clip or a contact sheet (grid of frames).
 
-Limbs come from `pipeline.keypoints.SKELETON`, joints are dots, and each track keeps one colour (from its id, so
+Limbs come from `pipeline.pose.keypoints.SKELETON`, joints are dots, and each track keeps one colour (from its id, so
 the same person has the same colour in every clip and sheet) with an `id N` label. Source frames are decoded with
 decord, the decoder the pipeline itself uses, so `frame_index` in the tables names the same frame here; clips are
 encoded with PyAV (libx264). Images are RGB uint8 (H, W, 3); keypoints (P, K, 3) [x, y, score] in image pixels,
@@ -24,11 +24,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from pipeline.decode import PyAVStream, local_copy, probe_video
-from pipeline.keypoints import KEYPOINT_NAMES, SKELETON
-from pipeline.query import keypoint_array
+from pipeline.outputs.query import keypoint_array
+from pipeline.pose.keypoints import KEYPOINT_NAMES, SKELETON
+from pipeline.pose.tracking import UNTRACKED
 from pipeline.storage import is_local, resolve, write_bytes_atomic
-from pipeline.tracking import UNTRACKED
+from pipeline.video import PyAVStream, local_copy, probe_video
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Mapping
 import motmetrics as mm
 import numpy as np
 
-from pipeline.keypoints import NUM_KEYPOINTS
-from pipeline.tracking import box_from_keypoints, box_iou, oks_matrix
+from pipeline.pose.keypoints import NUM_KEYPOINTS
+from pipeline.pose.tracking import box_from_keypoints, box_iou, oks_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _frame(frames: Frames, frame_index: int, name: str, num_keypoints: int) -> t
     if keypoints.ndim != 3 or keypoints.shape[1:] != (num_keypoints, 3) or len(ids) != len(keypoints):
         raise ValueError(f"{name} frame {frame_index}: expected ids (P,) and keypoints (P, {num_keypoints}, 3), "
                          f"got {ids.shape} and {keypoints.shape}")
-    tracked = ids[ids >= 0]  # negative: untracked people (pipeline.tracking.UNTRACKED), any number of them
+    tracked = ids[ids >= 0]  # negative: untracked people (pipeline.pose.tracking.UNTRACKED), any number of them
     if len(np.unique(tracked)) != len(tracked):
         raise ValueError(f"{name} frame {frame_index}: track ids must be unique within a frame, got {ids.tolist()}")
     return ids, keypoints

@@ -1,7 +1,7 @@
 """Bottom-up multi-person grouping (OpenPose style): keypoint peaks + part affinity fields -> people.
 
 Shape letters: B = images, K = keypoint types, L = limbs (`SKELETON` order), H, W = heatmap size, M = peak slots per
-keypoint type, P = people found. Coordinates are heatmap pixels (see `pipeline.heatmaps`).
+keypoint type, P = people found. Coordinates are heatmap pixels (see `pipeline.pose.heatmaps`).
 
 Steps, per image:
 1. Candidates: `smooth_heatmaps` (a small Gaussian blur), then `find_peaks` (3x3 NMS, threshold, top M,
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.heatmaps import box_maxima, find_peaks, smooth_heatmaps
-from pipeline.keypoints import NUM_KEYPOINTS, SKELETON
-from pipeline.pafs import score_limb_pairs
+from pipeline.pose.heatmaps import box_maxima, find_peaks, smooth_heatmaps
+from pipeline.pose.keypoints import NUM_KEYPOINTS, SKELETON
+from pipeline.pose.pafs import score_limb_pairs
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The output tables: their schema, DuckDB views and queries, renders, COCO export."""

@@ -1,0 +1,111 @@
+"""Infer stage: the pose model on the actor's device, frame batches in, one row per person out.
+
+Two kinds of model share the stage (`load_pose_model` picks by the checkpoint's metadata): the bottom-up network
+(`BottomUpModel`: heatmaps + PAFs of the whole frame, peaks and grouping) and an imported top-down model
+(`TopDownModel`: person detector, then a landmark net per person crop, see pipeline/models/blazepose). Both run entirely on
+the device, so only compact per-person rows leave the actor: full heatmaps never travel through Ray's object store.
+Keypoints are mapped back to original image pixels here, so every later stage works in image pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.models.blazepose.topdown import TopDownConfig
+from pipeline.models.pose_model import (
+    BottomUpModel,
+    PeoplePerFrame,
+    load_pose_model,
+    missing_keypoints,
+    picture_boxes,
+    video_chains,
+)
+from pipeline.models.runtime import keep_freed_memory, pick_device
+from pipeline.pose.grouping import GroupingConfig
+from pipeline.pose.keypoints import NUM_KEYPOINTS
+from pipeline.pose.letterbox import Letterbox
+
+logger = logging.getLogger(__name__)
+
+PASSTHROUGH = ("video_id", "frame_index", "timestamp_s", "width", "height", "is_end", "num_frames", "error", "fps",
+               "duration_s")
+
+
+def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarray, scores: np.ndarray,
+                size: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """Map one frame's people from model-input pixels to original-image pixels.
+
+    Returns the source row index per output row, person_index (R,), person_score (R,), keypoints (R, K, 3); a frame
+    without people gives one row with person_index -1, so downstream stages still see the frame.
+    """
+    if len(keypoints) == 0:
+        return [frame], np.array([-1], np.int32), np.zeros(1, np.float32), missing_keypoints(1)
+    letterbox = Letterbox.fit(int(columns["width"][frame]), int(columns["height"][frame]), size)
+    xy = letterbox.to_image(keypoints[..., :2].astype(np.float64))                         # (P, K, 2)
+    out = np.concatenate([xy, keypoints[..., 2:3]], axis=-1).astype(np.float32)            # (P, K, 3)
+    return [frame] * len(keypoints), np.arange(len(keypoints), dtype=np.int32), scores.astype(np.float32), out
+
+
+class PoseEstimator:
+    """Ray Data UDF holding the model: frame batches in, one row per (frame, person) out; end markers pass."""
+
+    def __init__(self, checkpoint: str, device: str = "auto", precision: str = "fp32",
+                 grouping: GroupingConfig = GroupingConfig(), threads: int | None = None,
+                 storage_options: dict[str, Any] | None = None, flip_test: bool = False,
+                 topdown: TopDownConfig = TopDownConfig(), compile_model: bool = False):
+        if threads:
+            torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
+        self.device = pick_device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
+        self.model, meta = load_pose_model(checkpoint, self.device, precision, grouping, topdown, flip_test,
+                                           storage_options)
+        if compile_model:
+            self.model.compile()
+        logger.info("%s pose model on %s (%s -> %s%s)", self.model.kind, self.device, precision,
+                    str(self.model_dtype).removeprefix("torch."), ", flip test" * flip_test)
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        dtype = self.model.dtype if isinstance(self.model, BottomUpModel) else self.model.pose.dtype
+        return dtype or torch.float32
+
+    def predict(self, images: np.ndarray, widths: np.ndarray | None = None, heights: np.ndarray | None = None,
+                chains: list[list[int]] | None = None) -> PeoplePerFrame:
+        """uint8 (B, S, S, 3) letterboxed frames of pictures widths x heights (default: filling the frame) ->
+        per frame (keypoints (P, K, 3) in input pixels, scores (P,))."""
+        size = images.shape[1]
+        frames = torch.from_numpy(images)
+        if self.device.type == "cuda":
+            frames = frames.pin_memory().to(self.device, non_blocking=True)
+        widths = widths if widths is not None else np.full(len(images), size)
+        heights = heights if heights is not None else np.full(len(images), size)
+        content = torch.from_numpy(picture_boxes(widths, heights, size)).to(self.device)
+        return self.model.find_people(frames, content, chains)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        real = np.flatnonzero(~batch["is_end"])
+        size = batch["image"].shape[1]
+        people = self.predict(batch["image"][real], batch["width"][real], batch["height"][real],
+                              video_chains(batch["video_id"][real], batch["frame_index"][real])) if len(real) else []
+        sources, person_index, person_score, keypoints = [], [], [], []
+        for row, (kp, scores) in zip(real, people):
+            src, idx, sc, xy = people_rows(batch, row, kp, scores, size)
+            sources += src
+            person_index.append(idx)
+            person_score.append(sc)
+            keypoints.append(xy)
+        for row in np.flatnonzero(batch["is_end"]):  # end markers pass through unchanged
+            sources.append(row)
+            person_index.append(np.array([-1], np.int32))
+            person_score.append(np.zeros(1, np.float32))
+            keypoints.append(missing_keypoints(1))
+        out = {key: batch[key][sources] for key in PASSTHROUGH}
+        out["person_index"] = np.concatenate(person_index) if person_index else np.zeros(0, np.int32)
+        out["person_score"] = np.concatenate(person_score) if person_score else np.zeros(0, np.float32)
+        out["keypoints"] = np.concatenate(keypoints) if keypoints else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
+        return out
