@@ -7,20 +7,11 @@ import json
 
 import pytest
 
-from jobs.benchmark import (
-    COLUMNS,
-    Measurement,
-    archive_videos,
-    benchmark_archive,
-    main,
-    markdown_table,
-    parse_args,
-    raw_decode_rate,
-    raw_model_rates,
-    steady_rate,
-    summarize,
-    video_frames,
-)
+from jobs.benchmark import main, parse_args
+from jobs.benchmark.archive import archive_videos, benchmark_archive, video_frames
+from jobs.benchmark.raw import raw_decode_rate, raw_model_rates
+from jobs.benchmark.report import COLUMNS, Measurement, markdown_table, summarize
+from jobs.benchmark.runs import steady_rate
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +114,7 @@ def test_runs_wait_for_the_actors_of_the_previous_run_to_exit():
     import subprocess
     import time
 
-    from jobs.resources import wait_for_actors_to_exit
+    from jobs.benchmark.resources import wait_for_actors_to_exit
 
     title = "ray::MapWorker(MapBatches(PoseEstimator))"       # the process title Ray gives an inference actor
     actor = subprocess.Popen(["bash", "-c", f"exec -a '{title}' sleep 1.5"])
@@ -141,7 +132,7 @@ def test_runs_wait_for_the_actors_of_the_previous_run_to_exit():
 
 def test_topdown_net_rows_time_each_net_in_torch_and_litert():
     """The imported model's nets alone: torch at the given batch sizes and LiteRT at batch 1, on real crops."""
-    from jobs.benchmark_topdown import raw_net_rates
+    from jobs.benchmark.topdown import raw_net_rates
     from pipeline.models.checkpoint import resolve_checkpoint
 
     rows = raw_net_rates({"lite": resolve_checkpoint("blazepose-lite")}, [1, 2], device="cpu", precision="fp32",

@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from jobs.benchmark import Measurement, run_workers
+from jobs.benchmark.raw import run_workers
+from jobs.benchmark.report import Measurement
 
 
 def net_inputs(net: str, batch: int, seed: int) -> np.ndarray:
