@@ -214,18 +214,19 @@ def run(config: RunConfig) -> RunSummary:
               for ref in skipped]
 
     def finish(ref: dict, video) -> None:
-        frames = track(video, config.tracking)
+        tracked = track(video, config.tracking)
         paths, written, people, tracks = video_paths(ref), [], 0, 0
-        if frames or not video.error:  # a video that never decoded has no frame tables, only its error row
-            frames_tbl, tracks_tbl = writer.write_video(ref, frames)
+        if tracked.num_frames or not video.error:  # a video that never decoded has no frame tables, only its error
+            frames_tbl, tracks_tbl = writer.write_video(ref, tracked)
             written += paths[:2]
             people, tracks = frames_tbl.num_rows, tracks_tbl.num_rows
-            summary.frames += len(frames)
+            summary.frames += tracked.num_frames
             summary.people += people
             summary.tracks += tracks
-        videos.append(video_row(ref, run_id, "failed" if video.error else "ok", video, len(frames), people, tracks))
+        videos.append(video_row(ref, run_id, "failed" if video.error else "ok", video, tracked.num_frames, people,
+                                tracks))
         if video.error:
-            writer.write_error(ref, run_id, video.error, len(frames))
+            writer.write_error(ref, run_id, video.error, tracked.num_frames)
             written.append(paths[2])
             summary.videos_failed += 1
             summary.errors.append((ref["uri"], video.error))
@@ -233,7 +234,7 @@ def run(config: RunConfig) -> RunSummary:
             summary.videos_ok += 1
         manifest.remove(manifest.record(ref, outputs_key, written, failed=bool(video.error), run_id=run_id))
         manifest.maybe_save()
-        summary.finished.append((time.perf_counter() - t0, len(frames)))
+        summary.finished.append((time.perf_counter() - t0, tracked.num_frames))
 
     if refs:
         init_ray(config, verbose())

@@ -5,11 +5,12 @@ import json
 import pytest
 
 from jobs.evaluate_tracks import evaluate_output, main
+from pipeline.stages.assemble import TrackedVideo
 from pipeline.stages.read import list_videos
 from pipeline.stages.write import OutputWriter
 from pipeline.synthetic.videos import write_video
 
-from test_query import tracked_from_ground_truth
+from test_query import ground_truth_frames, tracked_from_ground_truth
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +34,18 @@ def test_ground_truth_rows_score_perfectly(tmp_path, crossing, capsys):
 
 def test_swapped_ids_and_shifted_keypoints_score_less(tmp_path, crossing):
     ref, gt = crossing
-    frames = tracked_from_ground_truth(gt)
-    for frame in frames[len(frames) // 2:]:          # ids swap halfway: one switch per person
-        frame.track_ids = frame.track_ids[::-1].copy()
-        frame.keypoints[..., :2] += 6.0
-    OutputWriter(str(tmp_path), "2026-01-01").write_video(ref, frames)
+    frames = ground_truth_frames(gt)
+    for i in range(len(frames) // 2, len(frames)):   # ids swap halfway: one switch per person
+        frame_index, time_s, width, height, ids, scores, keypoints = frames[i]
+        keypoints = keypoints.copy()
+        keypoints[..., :2] += 6.0
+        frames[i] = (frame_index, time_s, width, height, ids[::-1].copy(), scores, keypoints)
+    OutputWriter(str(tmp_path), "2026-01-01").write_video(ref, TrackedVideo.from_frames(frames))
     row = evaluate_output(str(tmp_path)).iloc[0]
     assert row.id_switches >= 2 and row.idf1 < 0.8 and row.AP < 1.0
 
 
 def test_output_without_ground_truth_is_a_clear_error(tmp_path, capsys):
     ref = {"video_id": "x-1", "uri": str(tmp_path / "x.mp4"), "source": "s"}
-    OutputWriter(str(tmp_path / "out"), "2026-01-01").write_video(ref, [])
+    OutputWriter(str(tmp_path / "out"), "2026-01-01").write_video(ref, TrackedVideo.from_frames([]))
     assert main([str(tmp_path / "out")]) == 2 and "ground-truth" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from jobs.run import EXIT_USAGE, load_run_config, main, parse_args, run
 from pipeline.config import ConfigError, RunConfig
 from pipeline.pose.letterbox import Letterbox
 from pipeline.stages.assemble import VideoAssembler
+from pipeline.stages.batch import PERSON_COLUMNS, empty
 from pipeline.stages.decode import FrameDecoder
 from pipeline.stages.plan import Pools, actor_memory, decode_cpus, fit_memory, plan_pools
 from pipeline.stages.read import make_video_id
@@ -208,16 +209,14 @@ def test_time_spent_downstream_does_not_count_against_the_timeout(tmp_path):
 def person_rows(video_id: str, frames: list[int], end: int | None = None) -> dict[str, np.ndarray]:
     """Rows as the inference stage emits them: one person per frame, plus an end marker when `end` is given."""
     n = len(frames) + (end is not None)
-    keypoints = np.zeros((n, 17, 3), np.float32)
-    keypoints[:, :, 0] = np.arange(n)[:, None]
-    return {"video_id": np.full(n, video_id, dtype=object),
-            "frame_index": np.array(frames + ([-1] if end is not None else []), np.int64),
-            "timestamp_s": np.zeros(n), "width": np.full(n, 10, np.int32), "height": np.full(n, 10, np.int32),
-            "is_end": np.array([False] * len(frames) + ([True] if end is not None else [])),
-            "num_frames": np.array([0] * len(frames) + ([end] if end is not None else []), np.int64),
-            "error": np.full(n, "", dtype=object), "fps": np.full(n, 25.0), "duration_s": np.full(n, 1.0),
-            "person_index": np.zeros(n, np.int32),
-            "person_score": np.ones(n, np.float32), "keypoints": keypoints}
+    rows = empty(PERSON_COLUMNS, n)
+    rows["video_id"][:] = video_id
+    rows["frame_index"][:] = frames + ([-1] if end is not None else [])
+    rows["width"][:], rows["height"][:], rows["person_score"][:] = 10, 10, 1.0
+    rows["is_end"][len(frames):] = True
+    rows["num_frames"][len(frames):] = end or 0
+    rows["keypoints"][:, :, 0] = np.arange(n)[:, None]
+    return rows
 
 
 def test_replayed_batches_overwrite_and_never_return_a_video_twice():
@@ -225,8 +224,8 @@ def test_replayed_batches_overwrite_and_never_return_a_video_twice():
     assert assembler.add(person_rows("a", [0, 1])) == []
     assert assembler.add(person_rows("a", [0, 1])) == []              # replay of a retried task: no duplicates
     done = assembler.add(person_rows("a", [2], end=3))
-    assert [v.video_id for v in done] == ["a"] and sorted(done[0].frames) == [0, 1, 2]
-    assert all(len(f.people) == 1 for f in done[0].frames.values())
+    assert [v.video_id for v in done] == ["a"]
+    assert done[0].rows()["frame_index"].tolist() == [0, 1, 2]        # one person a frame: each row once
     assert assembler.add(person_rows("a", [0, 1, 2], end=3)) == []     # a late replay of a finished video
     assert assembler.pending == {}
 
@@ -545,3 +544,14 @@ def test_memory_budget_larger_than_the_cluster_fails_fast(ray_local, random_chec
                  "--set", f"model.checkpoint={random_checkpoint}", "--set", "model.memory_gb=100000"])
     assert code == EXIT_USAGE
     assert "model.memory_gb" in capsys.readouterr().err
+
+
+def test_a_replayed_row_replaces_the_first_and_rows_come_out_sorted():
+    assembler = VideoAssembler()
+    first = person_rows("a", [2, 0])
+    replay = person_rows("a", [0], end=3)
+    replay["keypoints"][0, :, 0] = 99.0                                # the retried batch's copy of frame 0 differs
+    assembler.add(first)
+    done = assembler.add(replay) + assembler.add(person_rows("a", [1]))
+    rows = done[0].rows()
+    assert rows["frame_index"].tolist() == [0, 1, 2] and rows["keypoints"][0, 0, 0] == 99.0   # the last copy wins

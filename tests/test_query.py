@@ -24,7 +24,7 @@ from pipeline.outputs.query import connect, empty_table, keypoint_array, query, 
 from pipeline.outputs.schema import TABLES
 from pipeline.pose.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 from pipeline.pose.tracking import UNTRACKED
-from pipeline.stages.assemble import TrackedFrame
+from pipeline.stages.assemble import TrackedVideo
 from pipeline.stages.write import OutputWriter
 
 from conftest import s3_server
@@ -83,12 +83,12 @@ def encode(path: Path, num_frames: int, people_at) -> Path:
     return path
 
 
-def tracked(num_frames: int, people_at) -> list[TrackedFrame]:
-    out = []
+def tracked(num_frames: int, people_at) -> TrackedVideo:
+    frames = []
     for t in range(num_frames):
         kp, ids = people_at(t)
-        out.append(TrackedFrame(t, t / FPS, W, H, ids, np.linspace(0.95, 0.8, len(ids)).astype(np.float32), kp))
-    return out
+        frames.append((t, t / FPS, W, H, ids, np.linspace(0.95, 0.8, len(ids)).astype(np.float32), kp))
+    return TrackedVideo.from_frames(frames)
 
 
 def write_output(root: str, videos: Path | None = None, storage_options: dict | None = None) -> dict:
@@ -113,19 +113,24 @@ def write_output(root: str, videos: Path | None = None, storage_options: dict | 
     return refs
 
 
-def tracked_from_ground_truth(gt: dict) -> list[TrackedFrame]:
-    """What a perfect model plus tracker would give for a synthetic video (`pipeline.synthetic.videos` sidecar):
-    visible keypoints (v = 2) scored 0.9, hidden ones (v = 1) 0.5, those outside the frame (v = 0) not found."""
-    out = []
+def tracked_from_ground_truth(gt: dict) -> TrackedVideo:
+    """What a perfect model plus tracker would give for a synthetic video (`pipeline.synthetic.videos` sidecar)."""
+    return TrackedVideo.from_frames(ground_truth_frames(gt))
+
+
+def ground_truth_frames(gt: dict) -> list[tuple]:
+    """Per frame of a synthetic video's sidecar, (frame_index, timestamp_s, width, height, track ids, scores,
+    keypoints) as a perfect model plus tracker would give them: visible keypoints (v = 2) scored 0.9, hidden ones
+    (v = 1) 0.5, those outside the frame (v = 0) not found."""
+    frames = []
     for frame in gt["frames"]:
         people = frame["people"]
         kp = np.array([p["keypoints"] for p in people], np.float32).reshape(len(people), NUM_KEYPOINTS, 3)
         kp[..., 2] = np.select([kp[..., 2] == 2, kp[..., 2] == 1], [0.9, 0.5], 0.0)
         kp[kp[..., 2] == 0, :2] = np.nan
-        out.append(TrackedFrame(frame["frame_index"], frame["timestamp_s"], gt["width"], gt["height"],
-                                np.array([p["track_id"] for p in people], np.int64),
-                                np.full(len(people), 0.9, np.float32), kp))
-    return out
+        frames.append((frame["frame_index"], frame["timestamp_s"], gt["width"], gt["height"],
+                       np.array([p["track_id"] for p in people], np.int64), np.full(len(people), 0.9, np.float32), kp))
+    return frames
 
 
 def write_synthetic_output(root: Path, videos: Path, **video_kw) -> tuple[dict, dict]:
@@ -266,17 +271,19 @@ def test_to_long_has_one_row_per_keypoint(output):
 
 # --- COCO export ------------------------------------------------------------------------------------------------------
 
-def ground_truth(frames: list[TrackedFrame]) -> dict:
+def ground_truth(video: TrackedVideo) -> dict:
     """COCO keypoint ground truth of the same video: image id = frame index, visibility 2 where found."""
     images, annotations = [], []
-    for f in frames:
-        images.append({"id": f.frame_index, "width": f.width, "height": f.height, "file_name": f"{f.frame_index}.jpg"})
-        for kp in f.keypoints:
+    for frame in np.unique(video.frame_index):
+        rows = video.frame_index == frame
+        width, height = int(video.width[rows][0]), int(video.height[rows][0])
+        images.append({"id": int(frame), "width": width, "height": height, "file_name": f"{frame}.jpg"})
+        for kp in video.keypoints[rows]:
             found = kp[:, 2] > 0
             coco = np.where(found[:, None], np.c_[kp[:, :2], np.full(len(kp), 2.0)], 0.0)
             x0, y0 = kp[found, :2].min(0)
             x1, y1 = kp[found, :2].max(0)
-            annotations.append({"id": len(annotations) + 1, "image_id": f.frame_index, "category_id": 1,
+            annotations.append({"id": len(annotations) + 1, "image_id": int(frame), "category_id": 1,
                                 "keypoints": coco.reshape(-1).tolist(), "num_keypoints": int(found.sum()),
                                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                                 "area": float((x1 - x0) * (y1 - y0)), "iscrowd": 0})

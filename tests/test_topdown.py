@@ -16,6 +16,7 @@ from pipeline.models.pose_model import TopDownModel, load_pose_model
 from pipeline.photos import FOLDER, pan_and_zoom, pan_and_zoom_matrices
 from pipeline.pose.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
 from pipeline.pose.letterbox import Letterbox
+from pipeline.stages.batch import concat, end_marker, frame_batch
 from pipeline.stages.infer import PoseEstimator
 
 REAL_DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "real-dev"
@@ -60,13 +61,8 @@ def test_the_default_model_finds_the_person_in_each_photo(estimator, name):
 
 
 def test_frames_without_people_give_no_rows_and_no_error(estimator):
-    n = 3
-    batch = {"video_id": np.array(["v"] * n, dtype=object), "frame_index": np.array([0, 1, -1]),
-             "timestamp_s": np.zeros(n), "width": np.array([640, 640, 0], np.int32),
-             "height": np.array([480, 480, 0], np.int32), "image": np.zeros((n, 1024, 1024, 3), np.uint8),
-             "is_end": np.array([False, False, True]), "num_frames": np.array([0, 0, 2]),
-             "error": np.array(["", "", ""], dtype=object), "fps": np.array([0, 0, 25.0]),
-             "duration_s": np.array([0, 0, 0.08])}
+    batch = concat([frame_batch("v", np.arange(2), np.zeros(2), np.zeros((2, 1024, 1024, 3), np.uint8), 640, 480),
+                    end_marker("v", 1024, 2, fps=25.0, duration_s=0.08)])
     out = estimator(batch)
     assert out["person_index"].tolist() == [-1, -1, -1] and out["error"].tolist() == ["", "", ""]
 

@@ -126,6 +126,7 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
     from pipeline.models.pose_model import BottomUpModel
     from pipeline.models.runtime import run_network
     from pipeline.pose.letterbox import normalize
+    from pipeline.stages.batch import frame_batch
     from pipeline.stages.infer import PoseEstimator
 
     estimator = PoseEstimator(checkpoint, device=device, precision=precision, threads=threads)
@@ -134,12 +135,7 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
     images = (rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8) if frames is None
               else np.resize(frames, (batch_size, size, size, 3)))            # (B, S, S, 3), repeated if short
     width, height = picture or (size, size)
-    batch = {"video_id": np.full(batch_size, "bench", dtype=object), "frame_index": np.arange(batch_size),
-             "timestamp_s": np.zeros(batch_size), "width": np.full(batch_size, width, np.int32),
-             "height": np.full(batch_size, height, np.int32), "image": images,
-             "is_end": np.zeros(batch_size, bool), "num_frames": np.zeros(batch_size, np.int64),
-             "error": np.full(batch_size, "", dtype=object),
-             "fps": np.zeros(batch_size), "duration_s": np.zeros(batch_size)}
+    batch = frame_batch("bench", np.arange(batch_size), np.zeros(batch_size), images, width, height)
     if compile_model:
         model.compile()
     if isinstance(model, BottomUpModel):

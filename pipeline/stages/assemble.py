@@ -4,6 +4,9 @@ Rows of one video arrive in any order and batch; a video is complete when its en
 distinct frames as the marker counts. Rows are keyed by (frame, person), so a batch replayed after a worker retry
 overwrites instead of duplicating. Completed videos go to tracking in frame order, whole, so chunking and actor
 boundaries can never break or renumber a track.
+
+Rows stay arrays on their way to Parquet: each batch's rows of a video are kept as column slices, joined and
+de-duplicated with numpy when the video completes, tracked, and written from the same arrays (`TrackedVideo`).
 """
 
 from __future__ import annotations
@@ -15,19 +18,16 @@ import numpy as np
 from pipeline.pose.keypoints import NUM_KEYPOINTS
 from pipeline.pose.tracking import TrackerConfig, track_video
 
-
-@dataclass
-class Frame:
-    timestamp_s: float
-    width: int
-    height: int
-    people: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)  # person_index -> (score, (K, 3))
+# the columns of a person row that the driver keeps (the batch's others describe the stream: ids, end markers)
+PERSON_COLUMNS = ("frame_index", "timestamp_s", "width", "height", "person_index", "person_score", "keypoints")
 
 
 @dataclass
 class VideoRows:
+    """The rows of one video received so far."""
     video_id: str
-    frames: dict[int, Frame] = field(default_factory=dict)
+    chunks: list[dict[str, np.ndarray]] = field(default_factory=list)  # PERSON_COLUMNS slices, in arrival order
+    frame_indices: set[int] = field(default_factory=set)  # distinct frames received (a frame's rows come together)
     num_frames: int | None = None   # from the end marker
     error: str = ""                 # `stage|type|message` from the end marker, "" when clean
     width: int = 0                  # display size, frame rate and duration from the end marker (0: never opened)
@@ -37,29 +37,69 @@ class VideoRows:
 
     @property
     def complete(self) -> bool:
-        return self.num_frames is not None and len(self.frames) >= self.num_frames
+        return self.num_frames is not None and len(self.frame_indices) >= self.num_frames
 
-    def add(self, row: dict) -> None:
-        if row["is_end"]:
-            self.num_frames, self.error = int(row["num_frames"]), str(row["error"])
-            self.width, self.height = int(row["width"]), int(row["height"])
-            self.fps, self.duration_s = float(row["fps"]), float(row["duration_s"])
-            return
-        frame = self.frames.setdefault(int(row["frame_index"]),
-                                       Frame(float(row["timestamp_s"]), int(row["width"]), int(row["height"])))
-        if row["person_index"] >= 0:
-            frame.people[int(row["person_index"])] = (float(row["person_score"]), row["keypoints"])
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        """Rows of this video from one batch: person rows (person_index -1: a frame where nobody was found) and
+        possibly its end marker."""
+        end = rows["is_end"].astype(bool)
+        if end.any():
+            i = int(np.flatnonzero(end)[-1])
+            self.num_frames, self.error = int(rows["num_frames"][i]), str(rows["error"][i])
+            self.width, self.height = int(rows["width"][i]), int(rows["height"][i])
+            self.fps, self.duration_s = float(rows["fps"][i]), float(rows["duration_s"][i])
+        if not end.all():
+            people = ~end
+            self.chunks.append({key: rows[key][people] for key in PERSON_COLUMNS})
+            self.frame_indices.update(np.unique(rows["frame_index"][people]).tolist())
+
+    def rows(self) -> dict[str, np.ndarray]:
+        """Every row once, sorted by frame then person; of a row that arrived twice (a replayed batch), the last."""
+        if not self.chunks:
+            return {"frame_index": np.zeros(0, np.int64), "timestamp_s": np.zeros(0), "width": np.zeros(0, np.int32),
+                    "height": np.zeros(0, np.int32), "person_index": np.zeros(0, np.int32),
+                    "person_score": np.zeros(0, np.float32), "keypoints": np.zeros((0, NUM_KEYPOINTS, 3), np.float32)}
+        columns = {key: np.concatenate([chunk[key] for chunk in self.chunks]) for key in PERSON_COLUMNS}
+        arrival = np.arange(len(columns["frame_index"]))
+        order = np.lexsort((arrival, columns["person_index"], columns["frame_index"]))
+        frame, person = columns["frame_index"][order], columns["person_index"][order]
+        last = np.ones(len(order), bool)
+        last[:-1] = (frame[1:] != frame[:-1]) | (person[1:] != person[:-1])
+        return {key: value[order[last]] for key, value in columns.items()}
 
 
 @dataclass
-class TrackedFrame:
-    frame_index: int
-    timestamp_s: float
-    width: int
-    height: int
-    track_ids: np.ndarray   # (P,) int64
-    scores: np.ndarray      # (P,) float32
-    keypoints: np.ndarray   # (P, K, 3) [x, y, score], image pixels
+class TrackedVideo:
+    """A tracked video as arrays: one row per (frame, person), in frame then person order. Frames where nobody was
+    found have no row; `num_frames` counts every decoded frame."""
+    frame_index: np.ndarray    # (N,) int64
+    timestamp_s: np.ndarray    # (N,) float64
+    width: np.ndarray          # (N,) int32, original frame size
+    height: np.ndarray         # (N,) int32
+    person_index: np.ndarray   # (N,) int32, 0, 1, 2... within each frame
+    track_id: np.ndarray       # (N,) int64, UNTRACKED (-1) for no one's track
+    person_score: np.ndarray   # (N,) float32
+    keypoints: np.ndarray      # (N, K, 3) float32 [x, y, score], image pixels
+    num_frames: int
+
+    @classmethod
+    def from_frames(cls, frames: list[tuple[int, float, int, int, np.ndarray, np.ndarray, np.ndarray]],
+                    num_frames: int | None = None) -> "TrackedVideo":
+        """From per-frame results (frame_index, timestamp_s, width, height, track_ids (P,), scores (P,),
+        keypoints (P, K, 3)), in frame order."""
+        counts = [len(ids) for _, _, _, _, ids, _, _ in frames]
+
+        def per_person(i: int, dtype) -> np.ndarray:
+            return np.repeat(np.array([frame[i] for frame in frames], dtype), counts)
+
+        def stacked(i: int, dtype, shape: tuple[int, ...] = ()) -> np.ndarray:
+            return np.concatenate([np.zeros((0, *shape), dtype)] + [np.asarray(f[i], dtype) for f in frames])
+
+        return cls(per_person(0, np.int64), per_person(1, np.float64), per_person(2, np.int32),
+                   per_person(3, np.int32), np.concatenate([np.zeros(0, np.int32)] +
+                                                           [np.arange(n, dtype=np.int32) for n in counts]),
+                   stacked(4, np.int64), stacked(5, np.float32), stacked(6, np.float32, (NUM_KEYPOINTS, 3)),
+                   len(frames) if num_frames is None else num_frames)
 
 
 class VideoAssembler:
@@ -74,32 +114,36 @@ class VideoAssembler:
         self.finished: set[str] = set()
 
     def add(self, batch: dict[str, np.ndarray]) -> list[VideoRows]:
-        touched = set()
-        for i in range(len(batch["video_id"])):
-            video_id = str(batch["video_id"][i])
+        video_ids = batch["video_id"].astype(str)
+        touched = []
+        for video_id in np.unique(video_ids).tolist():
             if video_id in self.finished:
                 continue
-            self.pending.setdefault(video_id, VideoRows(video_id)).add({key: batch[key][i] for key in batch})
-            touched.add(video_id)
-        done = [self.pending.pop(v) for v in sorted(touched) if self.pending[v].complete]
+            rows = video_ids == video_id
+            self.pending.setdefault(video_id, VideoRows(video_id)).add({key: batch[key][rows] for key in batch})
+            touched.append(video_id)
+        done = [self.pending.pop(v) for v in touched if self.pending[v].complete]
         self.finished.update(video.video_id for video in done)
         return done
 
 
-def track(video: VideoRows, config: TrackerConfig) -> list[TrackedFrame]:
+def track(video: VideoRows, config: TrackerConfig) -> TrackedVideo:
     """Track a complete video (`track_video`: final ids, the whole video is at hand), frames in order; people within a
     frame in person_index order."""
-    inputs, scores = [], []
-    for frame_index in sorted(video.frames):
-        frame = video.frames[frame_index]
-        order = sorted(frame.people)
-        keypoints = (np.stack([frame.people[p][1] for p in order]).astype(np.float32) if order
-                     else np.zeros((0, NUM_KEYPOINTS, 3), np.float32))
-        inputs.append((frame_index, frame.timestamp_s, keypoints))
-        scores.append(np.array([frame.people[p][0] for p in order], dtype=np.float32))
-    out = []
-    for (frame_index, _, _), frame_scores, (ids, keypoints) in zip(inputs, scores, track_video(inputs, config)):
-        frame = video.frames[frame_index]
-        out.append(TrackedFrame(frame_index, frame.timestamp_s, frame.width, frame.height,
-                                np.asarray(ids, np.int64), frame_scores, keypoints))
-    return out
+    rows = video.rows()
+    frames, starts = np.unique(rows["frame_index"], return_index=True)     # every frame has a row, if a placeholder
+    ends = np.append(starts[1:], len(rows["frame_index"]))
+    found = rows["person_index"] >= 0                                        # placeholders: -1
+    inputs = [(int(frame), float(rows["timestamp_s"][a]), rows["keypoints"][a:b][found[a:b]].astype(np.float32))
+              for frame, a, b in zip(frames, starts, ends)]
+    results = track_video(inputs, config)
+    people = {key: value[found] for key, value in rows.items()}
+    return TrackedVideo(people["frame_index"].astype(np.int64), people["timestamp_s"].astype(np.float64),
+                        people["width"].astype(np.int32), people["height"].astype(np.int32),
+                        np.concatenate([np.zeros(0, np.int32)] + [np.arange(len(ids), dtype=np.int32)
+                                                                  for ids, _ in results]),
+                        np.concatenate([np.zeros(0, np.int64)] + [ids for ids, _ in results]).astype(np.int64),
+                        people["person_score"].astype(np.float32),
+                        np.concatenate([np.zeros((0, NUM_KEYPOINTS, 3), np.float32)]
+                                       + [kp for _, kp in results]).astype(np.float32),
+                        len(frames))

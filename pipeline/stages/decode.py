@@ -24,6 +24,7 @@ What goes wrong with real archives, and what this module does about it (tests/te
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -33,34 +34,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.pose.letterbox import Letterbox
+from pipeline.stages.batch import end_marker, frame_batch
 from pipeline.video import DecodeError, Stream, local_copy, open_stream, sample_frame_indices
 
 logger = logging.getLogger(__name__)
 
 
-def frame_batch(ref: dict[str, Any], indices: np.ndarray, timestamps: np.ndarray, frames: np.ndarray,
-                letterbox: Letterbox) -> dict[str, np.ndarray]:
-    """Columns of a decoded batch (one row per frame) as they travel to the inference stage."""
-    n = len(indices)
-    return {
-        "video_id": np.full(n, ref["video_id"], dtype=object),
-        "frame_index": indices.astype(np.int64),
-        "timestamp_s": timestamps.astype(np.float64),
-        "width": np.full(n, letterbox.width, dtype=np.int32),
-        "height": np.full(n, letterbox.height, dtype=np.int32),
-        "image": frames,                                   # (n, S, S, 3) uint8
-        "is_end": np.zeros(n, dtype=bool),
-        "num_frames": np.zeros(n, dtype=np.int64),
-        "error": np.full(n, "", dtype=object),
-        "fps": np.zeros(n, dtype=np.float64),
-        "duration_s": np.zeros(n, dtype=np.float64),
-    }
-
-
 @dataclass(frozen=True)
 class VideoHeader:
-    """What the end marker tells about the video itself (zeros when it never opened)."""
+    """What the end marker tells about the video itself (zeros when it never opened); `batch.end_marker` fields."""
     width: int = 0           # display size, pixels
     height: int = 0
     fps: float = 0.0
@@ -70,25 +52,6 @@ class VideoHeader:
     def of(cls, stream: Stream) -> "VideoHeader":
         fps = float(stream.fps or 0.0)
         return cls(stream.letterbox.width, stream.letterbox.height, fps, stream.num_frames / fps if fps > 0 else 0.0)
-
-
-def end_marker(ref: dict[str, Any], size: int, num_frames: int, error: str = "",
-               header: VideoHeader = VideoHeader()) -> dict[str, np.ndarray]:
-    """The last row of a video: how many frames were emitted, the error (`stage|type|message`) if any, and the
-    video's display size, frame rate and duration."""
-    return {
-        "video_id": np.array([ref["video_id"]], dtype=object),
-        "frame_index": np.array([-1], dtype=np.int64),
-        "timestamp_s": np.zeros(1, dtype=np.float64),
-        "width": np.array([header.width], dtype=np.int32),
-        "height": np.array([header.height], dtype=np.int32),
-        "image": np.zeros((1, size, size, 3), dtype=np.uint8),
-        "is_end": np.ones(1, dtype=bool),
-        "num_frames": np.array([num_frames], dtype=np.int64),
-        "error": np.array([error], dtype=object),
-        "fps": np.array([header.fps], dtype=np.float64),
-        "duration_s": np.array([header.duration_s], dtype=np.float64),
-    }
 
 
 def format_error(stage: str, exc: BaseException) -> str:
@@ -234,13 +197,13 @@ class FrameDecoder:
                     error = worker.error
                     break
                 chunk, timestamps, frames, letterbox = item
-                yield frame_batch(ref, chunk, timestamps, frames, letterbox)
+                yield frame_batch(ref["video_id"], chunk, timestamps, frames, letterbox.width, letterbox.height)
                 emitted += len(chunk)
         finally:
             worker.cancel.set()  # also when Ray closes this generator early
         if error:
             logger.warning("video %s: %s", ref["uri"], error)
-        yield end_marker(ref, self.size, emitted, error, worker.header)
+        yield end_marker(ref["video_id"], self.size, emitted, error, **dataclasses.asdict(worker.header))
 
     def give_up(self, worker: DecodeWorker, ref: dict[str, Any], emitted: int) -> str:
         worker.cancel.set()

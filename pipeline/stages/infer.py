@@ -28,11 +28,10 @@ from pipeline.models.runtime import keep_freed_memory, pick_device
 from pipeline.pose.grouping import GroupingConfig
 from pipeline.pose.keypoints import NUM_KEYPOINTS
 from pipeline.pose.letterbox import Letterbox
+from pipeline.stages.batch import PASSTHROUGH
 
 logger = logging.getLogger(__name__)
 
-PASSTHROUGH = ("video_id", "frame_index", "timestamp_s", "width", "height", "is_end", "num_frames", "error", "fps",
-               "duration_s")
 
 
 def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarray, scores: np.ndarray,

@@ -21,8 +21,8 @@ from pipeline.outputs.schema import (
     VIDEOS_SCHEMA,
 )
 from pipeline.pose.keypoints import NUM_KEYPOINTS
-from pipeline.pose.tracking import UNTRACKED
-from pipeline.stages.assemble import TrackedFrame
+from pipeline.pose.tracking import UNTRACKED, box_from_keypoints
+from pipeline.stages.assemble import TrackedVideo
 from pipeline.storage import join, resolve, write_parquet_atomic
 
 
@@ -31,33 +31,27 @@ def partition_path(root: str, table: str, date: str, source: str | None, name: s
     return join(root, *parts)
 
 
-def frames_table(ref: dict[str, Any], frames: list[TrackedFrame]) -> pa.Table:
-    """One row per (frame, person) of a tracked video."""
-    people = [(f, p) for f in frames for p in range(len(f.track_ids))]
-    n = len(people)
-    keypoints = (np.stack([f.keypoints[p] for f, p in people]) if n
-                 else np.zeros((0, NUM_KEYPOINTS, 3), np.float32))          # (N, K, 3)
+def frames_table(ref: dict[str, Any], video: TrackedVideo) -> pa.Table:
+    """One row per (frame, person) of a tracked video, straight from its arrays."""
+    n = len(video.frame_index)
+    keypoints = video.keypoints                                              # (N, K, 3)
     found = keypoints[..., 2] > 0                                            # (N, K)
-    xs = np.where(found, keypoints[..., 0], np.nan)
-    ys = np.where(found, keypoints[..., 1], np.nan)
-    with np.errstate(all="ignore"):
-        x0, y0 = np.nanmin(xs, axis=1, initial=np.inf), np.nanmin(ys, axis=1, initial=np.inf)
-        x1, y1 = np.nanmax(xs, axis=1, initial=-np.inf), np.nanmax(ys, axis=1, initial=-np.inf)
-    has_box = found.any(axis=1)
+    box = box_from_keypoints(keypoints)                                      # (N, 4) x0, y0, x1, y1; NaN: none
+    no_box = np.isnan(box[:, 0])
     columns: dict[str, Any] = {
-        "video_id": [ref["video_id"]] * n,
-        "uri": [ref["uri"]] * n,
-        "frame_index": [f.frame_index for f, _ in people],
-        "timestamp_s": [f.timestamp_s for f, _ in people],
-        "width": [f.width for f, _ in people],
-        "height": [f.height for f, _ in people],
-        "person_index": [p for _, p in people],
-        "track_id": [int(f.track_ids[p]) for f, p in people],
-        "person_score": [float(f.scores[p]) for f, p in people],
-        "bbox_x": pa.array(x0, mask=~has_box, type=pa.float32()),
-        "bbox_y": pa.array(y0, mask=~has_box, type=pa.float32()),
-        "bbox_w": pa.array(x1 - x0, mask=~has_box, type=pa.float32()),
-        "bbox_h": pa.array(y1 - y0, mask=~has_box, type=pa.float32()),
+        "video_id": pa.repeat(ref["video_id"], n),
+        "uri": pa.repeat(ref["uri"], n),
+        "frame_index": video.frame_index,
+        "timestamp_s": video.timestamp_s,
+        "width": video.width,
+        "height": video.height,
+        "person_index": video.person_index,
+        "track_id": video.track_id,
+        "person_score": video.person_score,
+        "bbox_x": pa.array(box[:, 0], mask=no_box, type=pa.float32()),
+        "bbox_y": pa.array(box[:, 1], mask=no_box, type=pa.float32()),
+        "bbox_w": pa.array(box[:, 2] - box[:, 0], mask=no_box, type=pa.float32()),
+        "bbox_h": pa.array(box[:, 3] - box[:, 1], mask=no_box, type=pa.float32()),
     }
     for k in range(NUM_KEYPOINTS):
         x_col, y_col, s_col = KEYPOINT_COLUMNS[3 * k:3 * k + 3]
@@ -67,24 +61,38 @@ def frames_table(ref: dict[str, Any], frames: list[TrackedFrame]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=FRAMES_SCHEMA)
 
 
-def tracks_table(frames: pa.Table) -> pa.Table:
-    """One row per track, summarised from the frame rows of one video; untracked people (track_id -1) have none."""
-    df = frames.to_pandas()
-    df = df[df["track_id"] != UNTRACKED]
-    if df.empty:
+def tracks_table(ref: dict[str, Any], video: TrackedVideo) -> pa.Table:
+    """One row per track of a tracked video; untracked people (track_id -1) have none."""
+    tracked = video.track_id != UNTRACKED
+    ids, track = np.unique(video.track_id[tracked], return_inverse=True)      # (T,), (M,) row -> track
+    if not len(ids):
         return TRACKS_SCHEMA.empty_table()
-    xs = df[[c for c in KEYPOINT_COLUMNS if c.endswith("_x")]]
-    ys = df[[c for c in KEYPOINT_COLUMNS if c.endswith("_y")]]
-    df = df.assign(_min_x=xs.min(axis=1), _min_y=ys.min(axis=1), _max_x=xs.max(axis=1), _max_y=ys.max(axis=1))
-    summary = df.groupby("track_id", sort=True).agg(
-        video_id=("video_id", "first"), uri=("uri", "first"),
-        first_frame=("frame_index", "min"), last_frame=("frame_index", "max"),
-        first_time_s=("timestamp_s", "min"), last_time_s=("timestamp_s", "max"),
-        num_frames=("frame_index", "nunique"), mean_score=("person_score", "mean"),
-        min_x=("_min_x", "min"), min_y=("_min_y", "min"), max_x=("_max_x", "max"), max_y=("_max_y", "max"),
-    ).reset_index()
-    table = pa.Table.from_pandas(summary[TRACKS_SCHEMA.names], schema=TRACKS_SCHEMA, preserve_index=False)
-    return table.replace_schema_metadata(None)  # no pandas metadata: files read the same in every engine
+    frame, time = video.frame_index[tracked], video.timestamp_s[tracked]
+    keypoints = video.keypoints[tracked]
+    found = keypoints[..., 2] > 0
+    with np.errstate(all="ignore"):  # rows without a found keypoint give NaN, which fmin/fmax skip
+        xs, ys = np.where(found, keypoints[..., 0], np.nan), np.where(found, keypoints[..., 1], np.nan)
+        row_extent = np.stack([np.nanmin(xs, 1), np.nanmin(ys, 1), np.nanmax(xs, 1), np.nanmax(ys, 1)], 1)
+
+    def reduce(ufunc, values: np.ndarray, start: float) -> np.ndarray:
+        out = np.full(len(ids), start, np.float64)
+        ufunc.at(out, track, values)
+        return out
+
+    extent = [reduce(np.fmin if i < 2 else np.fmax, row_extent[:, i], np.nan) for i in range(4)]
+    rows = np.bincount(track)
+    frames_seen = np.bincount(np.unique(np.stack([track, frame], 1), axis=0)[:, 0], minlength=len(ids))
+    columns = {
+        "video_id": pa.repeat(ref["video_id"], len(ids)), "uri": pa.repeat(ref["uri"], len(ids)), "track_id": ids,
+        "first_frame": reduce(np.minimum, frame, np.inf).astype(np.int64),
+        "last_frame": reduce(np.maximum, frame, -np.inf).astype(np.int64),
+        "first_time_s": reduce(np.minimum, time, np.inf), "last_time_s": reduce(np.maximum, time, -np.inf),
+        "num_frames": frames_seen,
+        "mean_score": np.bincount(track, weights=video.person_score[tracked]) / rows,
+    }
+    for name, values in zip(("min_x", "min_y", "max_x", "max_y"), extent):
+        columns[name] = pa.array(values, mask=np.isnan(values), type=pa.float32())
+    return pa.Table.from_pydict(columns, schema=TRACKS_SCHEMA)
 
 
 def error_table(ref: dict[str, Any], run_id: str, error: str, frames_ok: int) -> pa.Table:
@@ -108,9 +116,9 @@ class OutputWriter:
     def path(self, table: str, name: str, source: str | None) -> str:
         return partition_path(self.root, table, self.date, source, name)
 
-    def write_video(self, ref: dict[str, Any], frames: list[TrackedFrame]) -> tuple[pa.Table, pa.Table]:
-        frames_tbl = frames_table(ref, frames)
-        tracks_tbl = tracks_table(frames_tbl)
+    def write_video(self, ref: dict[str, Any], video: TrackedVideo) -> tuple[pa.Table, pa.Table]:
+        frames_tbl = frames_table(ref, video)
+        tracks_tbl = tracks_table(ref, video)
         write_parquet_atomic(self.fs, self.path("frames", ref["video_id"], ref["source"]), frames_tbl)
         write_parquet_atomic(self.fs, self.path("tracks", ref["video_id"], ref["source"]), tracks_tbl)
         return frames_tbl, tracks_tbl

@@ -1,0 +1,73 @@
+"""The batches that travel between the stages, defined once: column names, dtypes and per-row shapes.
+
+A *frame batch* leaves the decode stage: one row per decoded frame (`image` letterboxed uint8), then one end marker
+row per video (`is_end`) that says how many frames it emitted, why it stopped early (`error`) and what the video is
+(display size, fps, duration). A *person batch* leaves the inference stage: one row per person found, a placeholder
+row (`person_index` -1) for a frame with nobody in it, and the end markers passed through; every column of a frame
+batch but `image` rides along.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.pose.keypoints import NUM_KEYPOINTS
+
+# name -> (dtype, shape of one row); "S" is the square model input size
+FRAME_COLUMNS: dict[str, tuple[Any, tuple]] = {
+    "video_id": (object, ()),
+    "frame_index": (np.int64, ()),       # index in the decoded stream; -1 on an end marker
+    "timestamp_s": (np.float64, ()),
+    "width": (np.int32, ()),             # the frame's display size (an end marker: the video's; 0 if it never opened)
+    "height": (np.int32, ()),
+    "image": (np.uint8, ("S", "S", 3)),  # letterboxed; zeros on an end marker
+    "is_end": (np.bool_, ()),
+    "num_frames": (np.int64, ()),        # end marker: frames emitted
+    "error": (object, ()),               # end marker: `stage|type|message`, "" when clean
+    "fps": (np.float64, ()),             # end marker: the video's frame rate and duration
+    "duration_s": (np.float64, ()),
+}
+PASSTHROUGH = tuple(name for name in FRAME_COLUMNS if name != "image")   # what inference hands on unchanged
+PERSON_COLUMNS: dict[str, tuple[Any, tuple]] = {
+    **{name: FRAME_COLUMNS[name] for name in PASSTHROUGH},
+    "person_index": (np.int32, ()),      # order within the frame; -1: a frame where nobody was found
+    "person_score": (np.float32, ()),
+    "keypoints": (np.float32, (NUM_KEYPOINTS, 3)),  # [x, y, score] in original-frame pixels, NaN where not found
+}
+
+
+def empty(columns: dict[str, tuple[Any, tuple]], n: int, size: int = 0) -> dict[str, np.ndarray]:
+    """`n` rows of `columns`, zero-filled ("" for strings), images of `size`."""
+    out = {}
+    for name, (dtype, shape) in columns.items():
+        shape = tuple(size if dim == "S" else dim for dim in shape)
+        out[name] = np.full(n, "", dtype=object) if dtype is object else np.zeros((n, *shape), dtype)
+    return out
+
+
+def frame_batch(video_id: str, indices: np.ndarray, timestamps: np.ndarray, frames: np.ndarray, width: int,
+                height: int) -> dict[str, np.ndarray]:
+    """A frame batch of one video: frames (n, S, S, 3) uint8 with their indices, timestamps and display size."""
+    batch = empty(FRAME_COLUMNS, len(indices), frames.shape[1])
+    batch.update(video_id=np.full(len(indices), video_id, dtype=object), frame_index=indices.astype(np.int64),
+                 timestamp_s=timestamps.astype(np.float64), image=frames)
+    batch["width"][:], batch["height"][:] = width, height
+    return batch
+
+
+def end_marker(video_id: str, size: int, num_frames: int, error: str = "", width: int = 0, height: int = 0,
+               fps: float = 0.0, duration_s: float = 0.0) -> dict[str, np.ndarray]:
+    """The last row of a video's frame batches."""
+    batch = empty(FRAME_COLUMNS, 1, size)
+    batch.update(video_id=np.array([video_id], dtype=object), frame_index=np.array([-1], np.int64),
+                 is_end=np.ones(1, bool), num_frames=np.array([num_frames], np.int64),
+                 error=np.array([error], dtype=object), width=np.array([width], np.int32),
+                 height=np.array([height], np.int32), fps=np.array([fps]), duration_s=np.array([duration_s]))
+    return batch
+
+
+def concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Batches of the same columns, one after another."""
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
