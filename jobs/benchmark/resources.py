@@ -56,10 +56,9 @@ def wait_for_actors_to_exit(roles: tuple[str, ...] = ("FrameDecoder", "PoseEstim
                             poll_s: float = 0.1) -> bool:
     """Wait until no process of this process tree has one of `roles`: the actors of an earlier run are gone.
 
-    Ray kills a finished dataset's actors asynchronously. A benchmark run that started while the previous run's
-    inference actor was still exiting counted both in its memory and CPU: in 9 of 19 20-video runs (session 7) the job's
-    peak RSS ratio to the 1-video run read 1.21-1.30 instead of 1.11-1.17. Returns False, with a warning, when some are
-    still alive after `timeout_s`.
+    Ray kills a finished dataset's actors asynchronously, and a run that started while the previous run's inference
+    actor was still exiting would count that actor's memory and CPU as its own. Returns False, with a warning, when
+    some are still alive after `timeout_s`.
     """
     import psutil
 

@@ -118,9 +118,8 @@ def quantize_state(state: dict[str, torch.Tensor],
     step (0.4 % of its channel's largest weight). Only floating tensors of 2+ dims with `min_elements` or more are
     quantized: in PoseNet those are the low-resolution stages, with >95 % of the parameters. The small
     high-resolution layers (stem, stride-4 stage, heads), whose errors reach every output pixel, stay floating, as do
-    BatchNorm statistics and biases. On the stage 6 checkpoint that kept the heatmaps within 1.3 % and the PAFs within
-    1.7 % of fp32 (relative L2), about as near as bf16 inference comes (1.2 / 1.5 %); quantizing every conv moved
-    them by 3.9 / 5.0 %.
+    BatchNorm statistics and biases: that keeps the outputs about as near fp32 as bf16 inference comes, where
+    quantizing every conv moved them three times as far (docs/performance.md).
     """
     quantized, scales = dict(state), {}
     for key, tensor in state.items():

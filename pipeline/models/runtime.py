@@ -84,11 +84,10 @@ def keep_freed_memory(largest_block: int = 32 * 2**20) -> bool:
     """Make glibc keep freed memory in the process for reuse instead of handing it back to the OS.
 
     A CPU forward allocates and frees activations of several MB per layer. By default glibc unmaps or trims such
-    blocks when they are freed, so every batch faults its activations in again: 400-1 800 page faults per frame,
-    10-30 % of a forward's time, varying from process to process (2-core Xeon). With blocks up to `largest_block`
-    served from the heap and the heap never trimmed, it is 0-35 per frame, and the process holds its peak working set
-    (about one batch's activations) from its first batches on instead of refilling it. Measured: raw model +6 %,
-    pipeline +4 % frames/s (two A/B rounds of the benchmark). Process-wide and not undone.
+    blocks when they are freed, so every batch faults its activations in again, a tenth or more of a forward's time.
+    With blocks up to `largest_block` served from the heap and the heap never trimmed, the process holds its peak
+    working set (about one batch's activations) from its first batches on (docs/performance.md has the page-fault
+    counts and the speed-up). Process-wide and not undone.
     Returns False where the C library has no mallopt (musl, macOS): nothing changes there.
     """
     try:

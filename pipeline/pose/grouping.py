@@ -39,9 +39,8 @@ _FILL_MIN_SCORE = 0.05  # a missing keypoint is filled only where its heatmap re
 
 @dataclass(frozen=True)
 class GroupingConfig:
-    """Defaults tuned on the synthetic val split with models/posepipe-synthetic.pt: stage 2, OKS AP 0.091 -> 0.119
-    (peak_threshold 0.1 -> 0.3, min_keypoints 3 -> 5); stage 3, heatmap_blur and fill_margin 0.134 -> 0.164;
-    stages 4 and 5, no change worth 0.002. Tune again on a val split for another checkpoint."""
+    """How peaks become people. The defaults were tuned on the synthetic val split for models/posepipe-synthetic.pt
+    (models/posepipe-synthetic.md has what each change bought); tune again on a val split for another checkpoint."""
 
     peak_threshold: float = 0.3  # heatmap value a keypoint candidate must exceed (targets peak at 1.0)
     heatmap_blur: float = 1.0  # std (heatmap px) of the Gaussian blur before peak finding (`smooth_heatmaps`); 0: off
@@ -54,8 +53,8 @@ class GroupingConfig:
     min_keypoints: int = 5  # people with fewer keypoints are dropped (fragments)
     min_person_score: float = 0.2  # people whose mean keypoint score is lower are dropped
     fill_margin: float | None = 0.25  # complete each person: a keypoint type the limbs did not join is taken at its
-    # heatmap's maximum inside the person's keypoint box grown by this fraction of its longer side (OKS counts a
-    # missing keypoint as wrong; val OKS AP +0.018, PCK +0.044 with the stage 3 weights); None: leave it missing
+    # heatmap's maximum inside the person's keypoint box grown by this fraction of its longer side, because OKS
+    # counts a missing keypoint as wrong; None: leave it missing
 
     def __post_init__(self) -> None:
         if self.peak_threshold < 0:

@@ -323,10 +323,8 @@ def initial_model(config: TrainConfig) -> PoseNet:
 def forward(model, images: torch.Tensor, dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both heads in fp32, computed channels_last and under autocast to `dtype` when one is given.
 
-    Training steps measured on a 2-core AMX CPU (width 24, 256 px, batch 8): 34.9 images/s fp32, 42.8 with
-    channels_last, 62.5 with channels_last + bf16 (at 128 px, batch 16: 131, 153, 223). On a 2-core AVX2 EPYC, with
-    no native bf16: 16.9 images/s fp32 + channels_last, 1.3 with bf16 (hence `precision: auto`). On a 2-core AMD EPYC
-    with AVX512-BF16 (Zen 5), stage_blocks (1, 3, 4, 2), channels_last: 34.9 images/s fp32, 84.2 bf16.
+    channels_last and bf16 each made training steps faster where the CPU runs bf16 natively; where it does not,
+    bf16 is emulated and an order of magnitude slower, hence `precision: auto` (docs/performance.md).
     """
     images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(images.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
