@@ -108,6 +108,23 @@ def add_storage_option_argument(parser: argparse.ArgumentParser) -> None:
                                                   "endpoint_url=http://localhost:9000 (repeatable)")
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """OUTPUT and --storage-option, for the commands that read a run's tables (query, render)."""
+    parser.add_argument("output", help="output root of `posepipe run`: folder or URI (s3://bucket/prefix)")
+    add_storage_option_argument(parser)
+
+
+def open_output(output: str, storage_options: dict[str, Any]):
+    """DuckDB views of an existing output root (`pipeline.outputs.query.connect`); a root that does not exist is a
+    UsageError (a typo is not 0 rows)."""
+    from pipeline.outputs.query import connect
+
+    try:
+        return connect(output, storage_options)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def parse_storage_options(items: list[str]) -> dict[str, Any]:
     """`["endpoint_url=http://x:9000", "anon=true"]` -> {"endpoint_url": "http://x:9000", "anon": True}; values are
     YAML scalars, as in `--set`."""

@@ -13,40 +13,24 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jobs.cli import (
     ArgumentParser,
     UsageError,
-    add_storage_option_argument,
+    add_output_arguments,
     configure_logging,
     fail,
+    open_output,
     parse_storage_options,
 )
 
 if TYPE_CHECKING:
     import argparse
 
-    import duckdb
     import pandas as pd
 
 EXIT_OK = 0
-
-
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """OUTPUT and --storage-option, shared by `posepipe query` and `posepipe render`."""
-    parser.add_argument("output", help="output root of `posepipe run`: folder or URI (s3://bucket/prefix)")
-    add_storage_option_argument(parser)
-
-
-def open_output(output: str, storage_options: dict[str, Any]) -> duckdb.DuckDBPyConnection:
-    """The views of an existing output root; UsageError when the root does not exist (a typo is not 0 rows)."""
-    from pipeline.outputs.query import connect
-
-    try:
-        return connect(output, storage_options)
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def print_frame(df: pd.DataFrame, csv: bool, max_rows: int) -> None:

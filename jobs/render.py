@@ -14,8 +14,16 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from jobs.cli import ArgumentParser, UsageError, configure_logging, fail, parse_storage_options
-from jobs.query import EXIT_OK, add_output_arguments, open_output
+from jobs.cli import (
+    ArgumentParser,
+    UsageError,
+    add_output_arguments,
+    configure_logging,
+    fail,
+    open_output,
+    parse_storage_options,
+)
+from jobs.query import EXIT_OK
 
 if TYPE_CHECKING:
     import argparse
