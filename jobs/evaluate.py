@@ -31,33 +31,6 @@ from jobs.cli import (
 logger = logging.getLogger("posepipe.evaluate")
 
 
-def predict_checkpoint(checkpoint: str, data: str, batch_size: int = 16, limit: int | None = None,
-                       grouping=None, device: str = "cpu", storage_options: dict | None = None,
-                       flip_test: bool = False, precision: str | None = None, topdown=None,
-                       frame_size: int | None = None, gt_boxes: bool = False) -> tuple[dict, list[dict]]:
-    """Run a checkpoint over a COCO set as `posepipe run` runs it (`precision`, `grouping` and `topdown` default to a
-    run's); returns (ground truth of the images used, COCO keypoint results)."""
-    import torch
-
-    from pipeline.config import ModelSettings
-    from pipeline.evaluation.predict import predict_images
-    from pipeline.models.blazepose.topdown import TopDownConfig
-    from pipeline.models.pose_model import load_pose_model
-    from pipeline.models.runtime import keep_freed_memory
-    from pipeline.pose.grouping import GroupingConfig
-    from pipeline.training.dataset import CocoKeypointDataset
-
-    torch_device = torch.device(device)
-    if torch_device.type == "cpu":
-        keep_freed_memory()
-    model, meta = load_pose_model(checkpoint, torch_device, precision or ModelSettings().precision,
-                                  grouping or GroupingConfig(), topdown or TopDownConfig(), flip_test,
-                                  storage_options)
-    size = frame_size or int(meta["input_size"])
-    images = CocoKeypointDataset(data, size, None, storage_options=storage_options, limit=limit)
-    return images.ground_truth(), predict_images(model, images, size, torch_device, batch_size, gt_boxes)
-
-
 def parse_fields(items: list[str], cls) -> dict:
     """`key=value` strings (values as YAML) for the fields of dataclass `cls`, as a run config's section sets them."""
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -111,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.config import ModelSettings
     from pipeline.evaluation.metrics import evaluate_by, evaluate_results
+    from pipeline.evaluation.predict import predict_dataset
     from pipeline.models.blazepose.topdown import TopDownConfig
     from pipeline.models.checkpoint import CheckpointError
     from pipeline.pose.grouping import GroupingConfig
@@ -130,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{args.results} must hold a JSON list of COCO keypoint results, "
                                  f"got {type(results).__name__}")
         else:
-            gt, results = predict_checkpoint(
+            gt, results = predict_dataset(
                 args.checkpoint or ModelSettings().checkpoint, args.data, args.batch_size, args.limit,
                 GroupingConfig(**parse_fields(args.grouping, GroupingConfig)), device=args.device,
                 storage_options=options, flip_test=args.flip_test, precision=args.precision,

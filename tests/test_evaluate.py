@@ -82,9 +82,9 @@ def test_bad_inputs_exit_2_with_a_message(coco_set, tmp_path, capsys):
 def test_precision_runs_the_network_as_a_run_does(coco_set):
     """`--precision bf16` autocasts the trained net: most keypoints move by rounding only (a few jump where a
     near-tie between two peaks breaks the other way; jobs.evaluate on the test split scores both alike)."""
-    from jobs.evaluate import predict_checkpoint
+    from pipeline.evaluation.predict import predict_dataset
 
-    scored = {precision: predict_checkpoint("models/posepipe-synthetic.pt", coco_set, precision=precision)[1]
+    scored = {precision: predict_dataset("models/posepipe-synthetic.pt", coco_set, precision=precision)[1]
               for precision in ("fp32", "bf16")}
     fp32, bf16 = (np.array([r["keypoints"] for r in scored[p]]) for p in ("fp32", "bf16"))
     assert len(fp32) > 0 and fp32.shape == bf16.shape

@@ -9,7 +9,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.evaluation.metrics import people_to_results
-from pipeline.models.pose_model import TopDownModel
+from pipeline.models.blazepose.topdown import TopDownConfig
+from pipeline.models.pose_model import TopDownModel, load_pose_model
+from pipeline.models.runtime import inference_device
+from pipeline.pose.grouping import GroupingConfig
 from pipeline.pose.letterbox import Letterbox
 from pipeline.training.dataset import CocoKeypointDataset
 
@@ -68,3 +71,20 @@ def predict_images(model, images: CocoKeypointDataset, size: int, device: torch.
             keypoints[..., :2] = Letterbox.fit(width, height, size).to_image(keypoints[..., :2])
             results.extend(people_to_results(image_id, keypoints, scores))
     return results
+
+
+def predict_dataset(checkpoint: str, data: str, batch_size: int = 16, limit: int | None = None,
+                    grouping: GroupingConfig | None = None, device: str = "cpu", storage_options: dict | None = None,
+                    flip_test: bool = False, precision: str | None = None, topdown: TopDownConfig | None = None,
+                    frame_size: int | None = None, gt_boxes: bool = False) -> tuple[dict, list[dict]]:
+    """Run a checkpoint over a COCO set as `posepipe run` runs it (`precision`, `grouping` and `topdown` default to a
+    run's); returns (ground truth of the images used, COCO keypoint results)."""
+    from pipeline.config import ModelSettings
+
+    torch_device = inference_device(device)
+    model, meta = load_pose_model(checkpoint, torch_device, precision or ModelSettings().precision,
+                                  grouping or GroupingConfig(), topdown or TopDownConfig(), flip_test,
+                                  storage_options)
+    size = frame_size or int(meta["input_size"])
+    images = CocoKeypointDataset(data, size, None, storage_options=storage_options, limit=limit)
+    return images.ground_truth(), predict_images(model, images, size, torch_device, batch_size, gt_boxes)

@@ -141,3 +141,11 @@ def pick_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("model.device=cuda but no GPU is visible to this worker; use model.device=auto or cpu")
     return torch.device(device)
+
+
+def inference_device(device: str) -> torch.device:
+    """The device a process runs its pose model on (`pick_device`), with a CPU's allocator set for inference."""
+    picked = pick_device(device)
+    if picked.type == "cpu":
+        keep_freed_memory()
+    return picked

@@ -24,7 +24,7 @@ from pipeline.models.pose_model import (
     picture_boxes,
     video_chains,
 )
-from pipeline.models.runtime import keep_freed_memory, pick_device
+from pipeline.models.runtime import inference_device
 from pipeline.pose.grouping import GroupingConfig
 from pipeline.pose.keypoints import NUM_KEYPOINTS
 from pipeline.pose.letterbox import Letterbox
@@ -58,9 +58,7 @@ class PoseEstimator:
                  topdown: TopDownConfig = TopDownConfig(), compile_model: bool = False):
         if threads:
             torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
-        self.device = pick_device(device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
+        self.device = inference_device(device)
         self.model, meta = load_pose_model(checkpoint, self.device, precision, grouping, topdown, flip_test,
                                            storage_options)
         if compile_model:
