@@ -60,7 +60,7 @@ class TrackerConfig:
     # person where two cross) cannot take that person from the track that followed it (IDF1 0.78 -> 0.88 on
     # 8 tuning crossing videos); people of tracks never confirmed get track_id UNTRACKED (-1) in the output
     # (IDF1 -> 0.89, MOTA 0.75 -> 0.80 there); 1 = every track is confirmed at once, one assignment for all
-    min_track_score: float = 0.5  # a confirmed track whose people's mean keypoint score is below this is untracked
+    min_track_score: float = 0.5  # a confirmed track whose people's mean person score is below this is untracked
     # too: on 28 crossing videos the default checkpoint's real tracks scored 0.70-0.90, the false ones it followed
     # through a background pattern 0.30-0.36 (tuning set IDF1 0.884 -> 0.903); 0 keeps every confirmed track
     smoothing: bool = False  # One Euro filter on the keypoints of tracked people (output only, ids do not change)
@@ -72,7 +72,7 @@ class TrackerConfig:
         if self.min_hits < 1:
             raise ValueError(f"expected min_hits >= 1 (1: every track confirmed at once), got {self.min_hits}")
         if not 0 <= self.min_track_score <= 1:
-            raise ValueError(f"expected min_track_score in [0, 1] (mean keypoint score), got {self.min_track_score}")
+            raise ValueError(f"expected min_track_score in [0, 1] (a mean person score), got {self.min_track_score}")
         if self.max_gap < 0:
             raise ValueError(f"expected max_gap >= 0 sampled frames, got {self.max_gap}")
 
@@ -417,13 +417,15 @@ def person_scores(keypoints: np.ndarray) -> np.ndarray:
     return total / np.maximum(found.sum(axis=-1), 1)
 
 
-def track_video(frames: Iterable[tuple[int, float, np.ndarray]],
-                config: TrackerConfig = TrackerConfig()) -> list[tuple[np.ndarray, np.ndarray]]:
+def track_video(frames: Iterable[tuple[int, float, np.ndarray]], config: TrackerConfig = TrackerConfig(),
+                scores: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Track a whole video: (frame_index, timestamp_s, keypoints (P, K, 3)) in frame order -> per frame
-    (track_ids (P,), keypoints (P, K, 3)), ids final (`confirm_tracks`)."""
+    (track_ids (P,), keypoints (P, K, 3)), ids final (`confirm_tracks`). `scores`: per frame, the model's (P,)
+    person scores that `min_track_score` applies to; None: each person's mean keypoint score (`person_scores`)."""
     tracker = Tracker(config)
     frames = list(frames)
     results = [tracker.update(frame_index, timestamp_s, keypoints) for frame_index, timestamp_s, keypoints in frames]
-    final = confirm_tracks([ids for ids, _ in results], config.min_hits,
-                           [person_scores(keypoints) for _, _, keypoints in frames], config.min_track_score)
+    if scores is None:
+        scores = [person_scores(keypoints) for _, _, keypoints in frames]
+    final = confirm_tracks([ids for ids, _ in results], config.min_hits, scores, config.min_track_score)
     return [(ids, keypoints) for ids, (_, keypoints) in zip(final, results)]

@@ -136,7 +136,8 @@ def track(video: VideoRows, config: TrackerConfig) -> TrackedVideo:
     found = rows["person_index"] >= 0                                        # placeholders: -1
     inputs = [(int(frame), float(rows["timestamp_s"][a]), rows["keypoints"][a:b][found[a:b]].astype(np.float32))
               for frame, a, b in zip(frames, starts, ends)]
-    results = track_video(inputs, config)
+    scores = [rows["person_score"][a:b][found[a:b]] for a, b in zip(starts, ends)]   # the model's, as written
+    results = track_video(inputs, config, scores)
     people = {key: value[found] for key, value in rows.items()}
     return TrackedVideo(people["frame_index"].astype(np.int64), people["timestamp_s"].astype(np.float64),
                         people["width"].astype(np.int32), people["height"].astype(np.int32),
