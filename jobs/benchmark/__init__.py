@@ -1,7 +1,7 @@
 """`posepipe benchmark`: how fast the pipeline runs against what its parts can do alone, on this machine, in one run.
 
 Rows of the table (all rates in frames/s; every row of one run is measured on the same machine, minutes apart):
-    raw decode        decord + letterbox alone (`pipeline.stages.decode.open_stream`), in as many processes as the
+    raw decode        decord + letterbox alone (`pipeline.video.open_stream`), in as many processes as the
                       pipeline's decode pool, over the benchmark archive
     raw model fwd     the network's forward alone on a normalised device tensor, per inference-pool process
     raw model         the inference actor's whole work (`PoseEstimator.__call__`): normalise, forward, peaks,
