@@ -82,13 +82,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"posepipe: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, example: str,
-                         default_file: str = "none, the code's defaults") -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     """`--config FILE`, repeatable `--set KEY=VALUE` and `--show-config`; every default lives in the code
     (pipeline/config.py), a file holds only what it changes."""
     parser.add_argument("--config", metavar="FILE",
-                        help=f"YAML file with the settings to change (default: {default_file}; `--show-config` "
-                             f"prints them all)")
+                        help="YAML file with the settings to change (default: none, the code's defaults; "
+                             "`--show-config` prints them all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"change one setting, e.g. --set {example} (repeatable; wins over --config)")
     parser.add_argument("--show-config", action="store_true",
