@@ -210,8 +210,7 @@ def run(config: RunConfig) -> RunSummary:
         manifest.plan(ref, video_paths(ref))
     manifest.save()
 
-    videos = [video_row(ref, run_id, "skipped", rows_run_id=manifest.entries[ref["uri"]]["run_id"])
-              for ref in skipped]
+    videos = [video_row(ref, run_id, "skipped", manifest.entries[ref["uri"]]["run_id"]) for ref in skipped]
 
     def finish(ref: dict, video) -> None:
         tracked = track(video, config.tracking)
@@ -223,8 +222,9 @@ def run(config: RunConfig) -> RunSummary:
             summary.frames += tracked.num_frames
             summary.people += people
             summary.tracks += tracks
-        videos.append(video_row(ref, run_id, "failed" if video.error else "ok", video, tracked.num_frames, people,
-                                tracks))
+        rows_run_id = run_id if written else None  # frames and tracks written (the errors file comes below)
+        videos.append(video_row(ref, run_id, "failed" if video.error else "ok", rows_run_id, video,
+                                tracked.num_frames, people, tracks))
         if video.error:
             writer.write_error(ref, run_id, video.error, tracked.num_frames)
             written.append(paths[2])
@@ -275,21 +275,27 @@ def run(config: RunConfig) -> RunSummary:
     return summary
 
 
-def video_row(ref: dict, run_id: str, status: str, video=None, frames: int = 0, people: int = 0, tracks: int = 0,
-              rows_run_id: str | None = None) -> dict[str, Any]:
-    """One row of the `videos` table (plus its `source` partition). `video` is the assembled VideoRows of a processed
-    video; a skipped one has no counts, and its rows are those of `rows_run_id`."""
+def video_row(ref: dict, run_id: str, status: str, rows_run_id: str | None, video=None, frames: int = 0,
+              people: int = 0, tracks: int = 0) -> dict[str, Any]:
+    """One row of the `videos` table (plus its `source` partition); `rows_run_id` is the run whose rows the frames
+    and tracks tables hold for it. `video` is the assembled VideoRows of a processed video; a skipped one has no
+    counts."""
     row = {"video_id": ref["video_id"], "uri": ref["uri"], "source": ref["source"], "run_id": run_id,
            "status": status, "rows_run_id": rows_run_id, "size_bytes": int(ref["size"])}
     if video is None:
         return row
-    opened = video.fps > 0
+    header = video.header
     return row | {
-        "rows_run_id": run_id if frames or not video.error else None, "frames": frames, "people": people,
-        "tracks": tracks, "duration_s": video.duration_s if opened else None, "fps": video.fps if opened else None,
-        "width": video.width or None, "height": video.height or None,
-        "error": video.error.replace("|", ": ", 2) if video.error else None,
+        "frames": frames, "people": people, "tracks": tracks,
+        "duration_s": header.duration_s if header.opened else None, "fps": header.fps if header.opened else None,
+        "width": header.width or None, "height": header.height or None,
+        "error": readable_error(video.error) if video.error else None,
     }
+
+
+def readable_error(error: str) -> str:
+    """`stage|type|message` as people read it: `stage: type: message`."""
+    return error.replace("|", ": ", 2)
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -300,7 +306,7 @@ def print_summary(summary: RunSummary) -> None:
     print(f"  speed    {summary.frames_per_second:.1f} frames/s over {summary.processing_seconds:.1f} s of processing, "
           f"after {summary.startup_seconds:.1f} s of start-up (Ray, actors, model)")
     for uri, error in summary.errors:
-        print(f"  failed   {uri}: {error.replace('|', ': ', 2)}")  # stage: type: message
+        print(f"  failed   {uri}: {readable_error(error)}")
     print(f"  output   {summary.output}  (tables: frames, tracks, videos, errors, runs)")
 
 

@@ -16,7 +16,7 @@ from pipeline.models.pose_model import TopDownModel, load_pose_model
 from pipeline.photos import FOLDER, pan_and_zoom, pan_and_zoom_matrices
 from pipeline.pose.keypoints import KEYPOINT_INDEX, NUM_KEYPOINTS
 from pipeline.pose.letterbox import Letterbox
-from pipeline.stages.batch import concat, end_marker, frame_batch
+from pipeline.stages.batch import VideoHeader, concat, end_marker, frame_batch
 from pipeline.stages.infer import PoseEstimator
 
 REAL_DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "real-dev"
@@ -62,7 +62,7 @@ def test_the_default_model_finds_the_person_in_each_photo(estimator, name):
 
 def test_frames_without_people_give_no_rows_and_no_error(estimator):
     batch = concat([frame_batch("v", np.arange(2), np.zeros(2), np.zeros((2, 1024, 1024, 3), np.uint8), 640, 480),
-                    end_marker("v", 1024, 2, fps=25.0, duration_s=0.08)])
+                    end_marker("v", 1024, 2, header=VideoHeader(fps=25.0, duration_s=0.08))])
     out = estimator(batch)
     assert out["person_index"].tolist() == [-1, -1, -1] and out["error"].tolist() == ["", "", ""]
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.pose.keypoints import NUM_KEYPOINTS
 from pipeline.pose.tracking import TrackerConfig, track_video
+from pipeline.stages.batch import VideoHeader
 
 # the columns of a person row that the driver keeps (the batch's others describe the stream: ids, end markers)
 PERSON_COLUMNS = ("frame_index", "timestamp_s", "width", "height", "person_index", "person_score", "keypoints")
@@ -30,10 +31,7 @@ class VideoRows:
     frame_indices: set[int] = field(default_factory=set)  # distinct frames received (a frame's rows come together)
     num_frames: int | None = None   # from the end marker
     error: str = ""                 # `stage|type|message` from the end marker, "" when clean
-    width: int = 0                  # display size, frame rate and duration from the end marker (0: never opened)
-    height: int = 0
-    fps: float = 0.0
-    duration_s: float = 0.0
+    header: VideoHeader = VideoHeader()  # from the end marker
 
     @property
     def complete(self) -> bool:
@@ -46,8 +44,7 @@ class VideoRows:
         if end.any():
             i = int(np.flatnonzero(end)[-1])
             self.num_frames, self.error = int(rows["num_frames"][i]), str(rows["error"][i])
-            self.width, self.height = int(rows["width"][i]), int(rows["height"][i])
-            self.fps, self.duration_s = float(rows["fps"][i]), float(rows["duration_s"][i])
+            self.header = VideoHeader.of_marker(rows, i)
         if not end.all():
             people = ~end
             self.chunks.append({key: rows[key][people] for key in PERSON_COLUMNS})

@@ -9,11 +9,15 @@ batch but `image` rides along.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.pose.keypoints import NUM_KEYPOINTS
+
+if TYPE_CHECKING:
+    from pipeline.video import Stream
 
 # name -> (dtype, shape of one row); "S" is the square model input size
 FRAME_COLUMNS: dict[str, tuple[Any, tuple]] = {
@@ -57,14 +61,38 @@ def frame_batch(video_id: str, indices: np.ndarray, timestamps: np.ndarray, fram
     return batch
 
 
-def end_marker(video_id: str, size: int, num_frames: int, error: str = "", width: int = 0, height: int = 0,
-               fps: float = 0.0, duration_s: float = 0.0) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class VideoHeader:
+    """What an end marker tells about the video itself; zeros when it never opened."""
+    width: int = 0           # display size, pixels
+    height: int = 0
+    fps: float = 0.0
+    duration_s: float = 0.0  # frames in the stream / fps
+
+    @classmethod
+    def of(cls, stream: Stream) -> VideoHeader:
+        fps = float(stream.fps or 0.0)
+        return cls(stream.letterbox.width, stream.letterbox.height, fps, stream.num_frames / fps if fps > 0 else 0.0)
+
+    @classmethod
+    def of_marker(cls, batch: dict[str, np.ndarray], row: int) -> VideoHeader:
+        return cls(int(batch["width"][row]), int(batch["height"][row]), float(batch["fps"][row]),
+                   float(batch["duration_s"][row]))
+
+    @property
+    def opened(self) -> bool:
+        return self.fps > 0
+
+
+def end_marker(video_id: str, size: int, num_frames: int, error: str = "",
+               header: VideoHeader = VideoHeader()) -> dict[str, np.ndarray]:
     """The last row of a video's frame batches."""
     batch = empty(FRAME_COLUMNS, 1, size)
     batch.update(video_id=np.array([video_id], dtype=object), frame_index=np.array([-1], np.int64),
                  is_end=np.ones(1, bool), num_frames=np.array([num_frames], np.int64),
-                 error=np.array([error], dtype=object), width=np.array([width], np.int32),
-                 height=np.array([height], np.int32), fps=np.array([fps]), duration_s=np.array([duration_s]))
+                 error=np.array([error], dtype=object), width=np.array([header.width], np.int32),
+                 height=np.array([header.height], np.int32), fps=np.array([header.fps]),
+                 duration_s=np.array([header.duration_s]))
     return batch
 
 

@@ -24,34 +24,18 @@ What goes wrong with real archives, and what this module does about it (tests/te
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.stages.batch import end_marker, frame_batch
+from pipeline.stages.batch import VideoHeader, end_marker, frame_batch
 from pipeline.video import DecodeError, Stream, local_copy, open_stream, sample_frame_indices
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VideoHeader:
-    """What the end marker tells about the video itself (zeros when it never opened); `batch.end_marker` fields."""
-    width: int = 0           # display size, pixels
-    height: int = 0
-    fps: float = 0.0
-    duration_s: float = 0.0  # frames in the stream / fps
-
-    @classmethod
-    def of(cls, stream: Stream) -> "VideoHeader":
-        fps = float(stream.fps or 0.0)
-        return cls(stream.letterbox.width, stream.letterbox.height, fps, stream.num_frames / fps if fps > 0 else 0.0)
 
 
 def format_error(stage: str, exc: BaseException) -> str:
@@ -203,7 +187,7 @@ class FrameDecoder:
             worker.cancel.set()  # also when Ray closes this generator early
         if error:
             logger.warning("video %s: %s", ref["uri"], error)
-        yield end_marker(ref["video_id"], self.size, emitted, error, **dataclasses.asdict(worker.header))
+        yield end_marker(ref["video_id"], self.size, emitted, error, worker.header)
 
     def give_up(self, worker: DecodeWorker, ref: dict[str, Any], emitted: int) -> str:
         worker.cancel.set()
