@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-frames", type=int, default=None, help="clip: only the first N frames")
     parser.add_argument("--frames", type=int, default=12, help="sheet: number of frames")
     parser.add_argument("--columns", type=int, default=None, help="sheet: tiles per row (default: ceil(sqrt(N)))")
-    parser.add_argument("--tile-width", type=int, default=320, help="sheet: tile width in pixels")
+    parser.add_argument("--tile-width", type=int, default=None,
+                        help="sheet: tile width in pixels (default: the video's width, at most 960)")
     parser.add_argument("--bin-seconds", type=float, default=None,
                         help="summary: time bin in seconds (default: 60, finer for footage under 10 minutes)")
     args = parser.parse_args(argv)

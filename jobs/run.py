@@ -105,12 +105,14 @@ class Progress:
             self.bar.update(videos)
         elif time.monotonic() - self.printed >= self.every_s:
             self.printed = time.monotonic()
-            print(f"posepipe: {self.videos}/{self.total} videos, {self.frames} frames{rate}, {self.time_left()} left",
-                  file=sys.stderr, flush=True)
+            left = self.time_left()
+            print(f"posepipe: {self.videos}/{self.total} videos, {self.frames} frames{rate}"
+                  f"{f', {left} left' if left else ''}", file=sys.stderr, flush=True)
 
-    def time_left(self) -> str:
+    def time_left(self) -> str | None:
+        """The time left at the rate videos finished so far; None until one has finished."""
         if not self.videos or self.started is None:
-            return "time"
+            return None
         seconds = (time.monotonic() - self.started) / self.videos * (self.total - self.videos)
         return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 

@@ -49,7 +49,20 @@ def litert(graph: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
     return {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
 
 
-def assert_relative(got: torch.Tensor, expected: np.ndarray, tolerance: float = 1e-3) -> None:
+# Tolerances of torch against LiteRT. Both compute in float32 through nets of up to ~200 layers, with different
+# kernels (oneDNN, ATen, XNNPACK) that sum in different orders, so outputs differ by rounding. The largest relative
+# error measured on the outputs posepipe uses (detector scores and boxes, landmarks, heatmaps, world landmarks) was
+# 2.2e-5 with AVX2 kernels and with SSE4.1 kernels (ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41), and
+# below 2e-4 with AVX-512 (docs/performance.md); landmarks moved at most 0.0008 px (AVX2, SSE4.1) and 0.004 px
+# (AVX-512). The tolerances are 5x the largest of these. The segmentation mask is not used downstream and its logits
+# are unbounded (|logit| up to 1,700, errors up to 2e-3 of that on some CPUs), so only its mask is compared.
+RELATIVE_TOLERANCE = 1e-3
+LANDMARK_TOLERANCE_PX = 0.02
+PRESENCE_TOLERANCE = 1e-3
+MASK_AGREEMENT = 0.999          # measured: 1.0 on every net and photo, AVX2 and SSE4.1
+
+
+def assert_relative(got: torch.Tensor, expected: np.ndarray, tolerance: float = RELATIVE_TOLERANCE) -> None:
     """Largest difference within `tolerance` of the reference's largest magnitude."""
     got = got.detach().numpy().reshape(expected.shape)
     error = np.abs(got - expected).max() / np.abs(expected).max()
@@ -78,13 +91,15 @@ def test_landmark_nets_match_litert_on_real_photos(graphs, variant, name):
     with torch.inference_mode():
         out = net(torch.from_numpy(x).permute(0, 3, 1, 2), segmentation=True)
     landmarks = out["landmarks"].numpy().reshape(1, -1)
-    assert np.abs(landmarks - expected["Identity"]).reshape(39, 5)[:, :2].max() < 0.5   # x, y in crop pixels
+    xy_error = np.abs(landmarks - expected["Identity"]).reshape(39, 5)[:, :2].max()    # x, y in crop pixels
+    assert xy_error < LANDMARK_TOLERANCE_PX, f"landmarks {xy_error:.4f} px from LiteRT's"
     assert_relative(out["landmarks"], expected["Identity"])
     assert_relative(out["heatmaps"].permute(0, 2, 3, 1), expected["Identity_3"])
     assert_relative(out["world"], expected["Identity_4"])
-    assert_relative(out["segmentation"].permute(0, 2, 3, 1), expected["Identity_2"])
+    mask = out["segmentation"].permute(0, 2, 3, 1).numpy().reshape(expected["Identity_2"].shape) > 0
+    assert (mask == (expected["Identity_2"] > 0)).mean() >= MASK_AGREEMENT       # wired right: the same person
     presence = float(out["presence"].reshape(()))
-    assert abs(presence - float(expected["Identity_1"].reshape(()))) < 1e-3 and presence > 0.5
+    assert abs(presence - float(expected["Identity_1"].reshape(()))) < PRESENCE_TOLERANCE and presence > 0.5
 
 
 def test_another_models_graph_is_refused_naming_what_was_expected(graphs):

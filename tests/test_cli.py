@@ -151,7 +151,7 @@ def test_progress_lines_without_a_terminal(capsys):
     progress.update(frames=20, videos=1)
     progress.close()
     lines = capsys.readouterr().err.splitlines()
-    assert lines == ["posepipe: 0/4 videos, 10 frames, time left", lines[1]]
+    assert lines == ["posepipe: 0/4 videos, 10 frames", lines[1]]           # no time left before a video is done
     assert lines[1].startswith("posepipe: 1/4 videos, 30 frames, ") and lines[1].endswith(" s left")
 
 

@@ -151,6 +151,17 @@ def test_contact_sheet_grid(synthetic):
     assert render_contact_sheet(frames, ref["uri"], str(base / "s.png"), count=4, tile_width=100)[1] == 200
 
 
+@pytest.mark.parametrize("width, height, tile", [(960, 540, 960), (1280, 720, 960), (320, 180, 320)])
+def test_contact_sheet_tiles_keep_the_videos_width_up_to_960(synthetic, tmp_path, width, height, tile):
+    """A street scene's people stay big enough to judge: each tile is the video's own width, capped at 960 px."""
+    from conftest import encode_video
+
+    video = encode_video(tmp_path / "wide.mp4", num_frames=6, width=width, height=height)
+    no_rows = synthetic[3].iloc[:0]
+    assert render_contact_sheet(no_rows, str(video), str(tmp_path / "s.png"), count=3) == \
+        (2 * round(height * tile / width), 2 * tile)            # 3 frames: a 2 x 2 grid of tiles
+
+
 def test_sheet_indices_are_even_and_snap_to_rows():
     np.testing.assert_array_equal(sheet_indices(24, np.array([], np.int64), 6), [0, 5, 9, 14, 18, 23])
     np.testing.assert_array_equal(sheet_indices(100, np.arange(0, 100, 10), 5), [0, 20, 50, 70, 90])

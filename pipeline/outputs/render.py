@@ -33,6 +33,7 @@ from pipeline.video import PyAVStream, local_copy, probe_video
 logger = logging.getLogger(__name__)
 
 GOLDEN = 0.618033988749895
+SHEET_TILE_MAX_WIDTH = 960   # a contact sheet tile is the video's own width up to this: people stay big enough to judge
 
 
 def track_colour(track_id: int) -> tuple[int, int, int]:
@@ -183,15 +184,17 @@ def sheet_indices(num_frames: int, rows_at: np.ndarray, count: int) -> np.ndarra
 
 
 def render_contact_sheet(frames: pd.DataFrame, source_uri: str, out_uri: str, count: int = 12,
-                         columns: int | None = None, tile_width: int = 320,
+                         columns: int | None = None, tile_width: int | None = None,
                          storage_options: dict[str, Any] | None = None) -> tuple[int, int]:
     """A PNG grid of `count` evenly spaced frames with people drawn, captioned `frame N  t=S.s  P people`.
 
-    Tiles are `tile_width` wide with the video's aspect ratio, `columns` per row (default ceil(sqrt(count))), no
-    gaps, so the sheet is exactly (rows * tile_h, columns * tile_w). Returns the sheet's (height, width).
+    Tiles are `tile_width` wide (default: the video's own width, at most SHEET_TILE_MAX_WIDTH) with the video's
+    aspect ratio, `columns` per row (default ceil(sqrt(count))), no gaps, so the sheet is exactly
+    (rows * tile_h, columns * tile_w). Returns the sheet's (height, width).
     """
     people = people_by_frame(frames)
     with open_source(source_uri, storage_options) as video:
+        tile_width = tile_width or min(video.width, SHEET_TILE_MAX_WIDTH)
         indices = sheet_indices(video.num_frames, np.array(sorted(people), np.int64), count)
         tiles = []
         for frame_index, image in video.frames(indices):
