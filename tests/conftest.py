@@ -39,16 +39,35 @@ def encode_video(path: str | Path, num_frames: int = 24, width: int = 160, heigh
 def s3_server(key_id: str = "testing", secret: str = "testing", endpoint_in_env: bool = False) -> Iterator[str]:
     """A real S3-compatible server (moto's) on 127.0.0.1 and an AWS credential chain (environment) for it; yields
     the endpoint URL. `endpoint_in_env` also sets AWS_ENDPOINT_URL, so every process finds the server by itself.
-    The environment is restored afterwards."""
-    from moto.server import ThreadedMotoServer
+    The environment is restored afterwards.
 
+    The server runs in its own process, as a real one does: deltalake's calls hold the GIL while they wait on the
+    network, so a server thread in the test's process would never answer them."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(f"moto's S3 server did not start on {endpoint}")
+            time.sleep(0.1)
     patch = pytest.MonkeyPatch()
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         patch.delenv(name, raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     patch.setenv("AWS_ACCESS_KEY_ID", key_id)
     patch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -58,7 +77,8 @@ def s3_server(key_id: str = "testing", secret: str = "testing", endpoint_in_env:
         yield endpoint
     finally:
         patch.undo()
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
