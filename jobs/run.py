@@ -1,11 +1,12 @@
-"""`posepipe run`: a folder or archive of videos in, keypoint tracks as hive-partitioned Parquet out.
+"""`posepipe run`: a folder or archive of videos in, keypoint tracks as Delta Lake tables out.
 
     posepipe run --input videos/ --output poses/
     posepipe run --input s3://bucket/videos --output s3://bucket/poses --set decode.fps=5
     posepipe run --input videos/ --output poses/ --config configs/cluster.yaml --show-config
 
-    read (driver lists refs) -> decode (CPU actors, decord) -> infer (GPU/CPU actors: network, peaks, grouping)
-    -> assemble per video (driver) -> track -> write Parquet (atomic, one file per video and table)
+    read + plan (driver: lists refs, reads the videos table) -> decode (CPU actors, decord) -> infer (GPU/CPU
+    actors: network, peaks) -> index complete videos (driver: block references only) -> track and write data files
+    (write tasks, in waves) -> commit (driver, one Delta commit per table per wave) -> compact (workers)
 
 Exit status: 0 clean, 3 partial (some videos failed, the rest written), 1 failed, 2 bad config or input.
 """
@@ -48,11 +49,14 @@ class RunSummary:
     frames: int = 0
     people: int = 0
     tracks: int = 0
-    seconds: float = 0.0                                 # wall time of the whole run
-    startup_seconds: float = 0.0                         # until the first rows came back: listing, Ray, actors
-                                                         # starting, the model loading, the first batch
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (uri, error)
-    finished: list[tuple[float, int]] = field(default_factory=list)  # (seconds since the start, frames) per video
+    seconds: float = 0.0                                 # wall time of the run, compaction left out
+    startup_seconds: float = 0.0                         # until the first inference actor had its model loaded:
+                                                         # listing, planning, Ray, actors starting, the model
+    compact_seconds: float = 0.0                         # compaction and vacuum after the run
+    commits: int = 0                                     # Delta commits of the run's waves, all tables
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (uri, error), the first MAX_ERRORS_KEPT
+    finished: list[tuple[float, int]] = field(default_factory=list)  # (seconds since the start, frames) per video,
+                                                         # when its rows were committed
 
     @property
     def status(self) -> str:
@@ -69,9 +73,13 @@ class RunSummary:
         return max(self.seconds - self.startup_seconds, 0.0)
 
     @property
-    def frames_per_second(self) -> float:
-        """Frames per second of processing, start-up left out (it does not grow with the archive)."""
-        return self.frames / self.processing_seconds if self.processing_seconds > 0 else 0.0
+    def frames_per_second(self) -> float | None:
+        """Frames per second of processing, start-up left out (it does not grow with the archive); None when the
+        processing was too short to give a rate."""
+        return self.frames / self.processing_seconds if self.processing_seconds >= MIN_RATE_SECONDS else None
+
+
+MIN_RATE_SECONDS = 5.0   # processing shorter than this gives no rate: a batch or a commit more or less would swing it
 
 
 class Progress:
@@ -149,15 +157,23 @@ def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
     from pipeline.models.checkpoint import read_metadata
     from pipeline.stages.plan import is_topdown
     from pipeline.stages.read import VIDEO_EXTENSIONS, list_videos
-    from pipeline.storage import resolve
+    from pipeline.storage import missing_bucket, resolve
 
     if not config.input or not config.output:
-        raise ConfigError("both --input (videos) and --output (Parquet destination) are required, e.g. "
+        raise ConfigError("both --input (videos) and --output (table destination) are required, e.g. "
                           "`posepipe run --input videos/ --output poses/`")
     fs, root = resolve(config.output, config.storage_options)
     if fs.isfile(root):
         raise ConfigError(f"--output {config.output!r} is a file; give a folder or URI prefix for the tables (it is "
                           f"created if missing)")
+    bucket = missing_bucket(fs, root)
+    if bucket:
+        raise ConfigError(f"--output {config.output!r}: bucket {bucket!r} does not exist or these credentials cannot "
+                          f"see it; create it first (e.g. `aws s3 mb s3://{bucket}`) or fix --output")
+    if config.output.startswith("memory://"):
+        raise ConfigError(f"--output {config.output!r}: the tables are Delta tables, written by delta-rs, which "
+                          f"cannot reach fsspec's in-process memory filesystem; give a folder or an s3://, gs:// or "
+                          f"az:// URI")
     refs = list_videos(config.input, config.storage_options)
     if not refs:
         raise ConfigError(f"--input {config.input!r} holds no videos (looked for {', '.join(VIDEO_EXTENSIONS)} files "
@@ -179,92 +195,80 @@ def check_inputs(config: RunConfig) -> tuple[list[dict], dict]:
 
 
 def run(config: RunConfig) -> RunSummary:
-    """Run the whole job; returns the summary (also written to the `runs` table)."""
+    """Run the whole job; returns the summary (also written to the `runs` table).
+
+    The driver lists and plans, then coordinates: it indexes the blocks of person rows that stream out of Ray
+    (`PendingVideos`), hands complete videos to write tasks in waves and commits their files (`RunWriter`), and
+    finally writes the run's row and compacts the tables in workers.
+    """
+    import ray
+
     from pipeline.config import config_hash
     from pipeline.models.checkpoint import resolve_checkpoint
-    from pipeline.stages.assemble import VideoAssembler, VideoRows, track
-    from pipeline.stages.manifest import Manifest, outputs_hash
+    from pipeline.stages.assemble import INDEX_COLUMNS, PendingVideos
+    from pipeline.stages.commit import RunWriter, compact_tables
+    from pipeline.stages.incremental import outputs_hash, plan_videos, refs_table
     from pipeline.stages.plan import build_dataset, init_ray, is_topdown
-    from pipeline.stages.write import OutputWriter
+    from pipeline.stages.write import VIDEO_TABLES, WaveContext, WaveVideo, write_run_row
 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     config = config.model_copy(update={"model": config.model.model_copy(
         update={"checkpoint": resolve_checkpoint(config.model.checkpoint)})})  # actors load exactly this file
     refs, meta = check_inputs(config)
-    manifest = Manifest.load(config.output, config.storage_options)  # fails fast on a missing output bucket
     outputs_key = outputs_hash(config, meta)
-    listed = len(refs)
-    current = {ref["uri"] for ref in refs if config.write.incremental and manifest.is_current(ref, outputs_key)}
-    skipped = [ref for ref in refs if ref["uri"] in current]
-    refs = [ref for ref in refs if ref["uri"] not in current]
+    plan = plan_videos(config.output, refs_table(refs), outputs_key, config.storage_options,
+                       config.write.incremental)
+    del refs
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    date = (config.write.date or started.date()).isoformat()
-    summary = RunSummary(run_id=run_id, output=config.output, videos_listed=listed,
-                         videos_skipped=listed - len(refs))
-    writer = OutputWriter(config.output, date, config.storage_options)
-    by_id = {ref["video_id"]: ref for ref in refs}
+    summary = RunSummary(run_id=run_id, output=config.output, videos_listed=plan.todo.num_rows + plan.skipped,
+                         videos_skipped=plan.skipped)
+    context = WaveContext(config.output, run_id, config.write.date or started.date(), outputs_key,
+                          config.tracking, config.storage_options)
+    progress = Progress(plan.todo.num_rows)
 
-    def video_paths(ref: dict) -> list[str]:  # every file this run may write for a video: frames, tracks, errors
-        return [writer.path(table, ref["video_id"], ref["source"]) for table in ("frames", "tracks", "errors")]
-
-    for ref in refs:
-        manifest.plan(ref, video_paths(ref))
-    manifest.save()
-
-    videos = [video_row(ref, run_id, "skipped", manifest.entries[ref["uri"]]["run_id"]) for ref in skipped]
-
-    def finish(ref: dict, video) -> None:
-        tracked = track(video, config.tracking)
-        paths, written, people, tracks = video_paths(ref), [], 0, 0
-        if tracked.num_frames or not video.error:  # a video that never decoded has no frame tables, only its error
-            frames_tbl, tracks_tbl = writer.write_video(ref, tracked)
-            written += paths[:2]
-            people, tracks = frames_tbl.num_rows, tracks_tbl.num_rows
-            summary.frames += tracked.num_frames
-            summary.people += people
-            summary.tracks += tracks
-        rows_run_id = run_id if written else None  # frames and tracks written (the errors file comes below)
-        videos.append(video_row(ref, run_id, "failed" if video.error else "ok", rows_run_id, video,
-                                tracked.num_frames, people, tracks))
-        if video.error:
-            writer.write_error(ref, run_id, video.error, tracked.num_frames)
-            written.append(paths[2])
+    def committed(outcome) -> None:
+        summary.frames += outcome.frames
+        summary.people += outcome.people
+        summary.tracks += outcome.tracks
+        if outcome.error:
             summary.videos_failed += 1
-            summary.errors.append((ref["uri"], video.error))
+            if len(summary.errors) < MAX_ERRORS_KEPT:
+                summary.errors.append((outcome.uri, outcome.error))
         else:
             summary.videos_ok += 1
-        manifest.remove(manifest.record(ref, outputs_key, written, failed=bool(video.error), run_id=run_id))
-        manifest.maybe_save()
-        summary.finished.append((time.perf_counter() - t0, tracked.num_frames))
+        summary.finished.append((time.perf_counter() - t0, outcome.frames))
+        progress.update(videos=1)
 
-    if refs:
+    if plan.todo.num_rows:
         init_ray(config, verbose())
-        assembler = VideoAssembler()
+        writer = RunWriter(context, config.write.commit_seconds, config.write.wave_videos, config.write.wave_frames,
+                           config.write.cpus, config.ray.max_task_retries, committed)
+        pending = PendingVideos()
+        replace = dict(zip(plan.todo["video_id"].to_pylist(), plan.todo["replace"].to_pylist()))
         size = config.model.frame_size or int(meta["input_size"])
-        dataset = build_dataset(refs, config, size, is_topdown(meta), verbose())
-        progress = Progress(len(refs))
-        for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-            summary.startup_seconds = summary.startup_seconds or time.perf_counter() - t0
-            done = assembler.add(batch)
-            # every frame has a row with person_index 0, or its one placeholder row (-1) when nobody is in it
-            progress.update(int(((batch["person_index"] <= 0) & ~batch["is_end"]).sum()), len(done))
-            for video in done:
-                finish(by_id[video.video_id], video)
-        progress.close()
-        for video in assembler.pending.values():  # only if a stage lost rows: recorded, never silently dropped
-            video.error = video.error or ("assemble|Incomplete|some of the video's batches failed every retry "
-                                          "(see the Ray log); the frames that arrived are kept")
-            finish(by_id[video.video_id], video)
-        for ref in refs:  # a decode task that failed every retry (e.g. a decoder crash in C) sent nothing at all
-            if ref["video_id"] not in assembler.finished and ref["video_id"] not in assembler.pending:
-                finish(ref, VideoRows(ref["video_id"], error=f"decode|WorkerDied|its decode task failed all "
-                                      f"{config.ray.max_task_retries + 1} attempts because the decode actor died "
-                                      f"(a crash in C, an out-of-memory kill); see the Ray log, rerun to retry it"))
-    manifest.save()
-    writer.write_videos(run_id, videos)
+        dataset = build_dataset(plan.todo, config, size, is_topdown(meta), verbose())
+        for bundle in dataset.iter_internal_ref_bundles():
+            for block_ref in bundle.block_refs:
+                frames, done = pending.add(block_ref, ray.get(block_ref).select(list(INDEX_COLUMNS)))
+                progress.update(frames=frames)
+                for video_id, blocks in done:
+                    writer.add(WaveVideo(video_id, replace[video_id]), blocks, len(blocks))
+            writer.tick()
+        summary.startup_seconds = startup_seconds(pending.ready_at, started, time.perf_counter() - t0)
+        for video_id, blocks in pending.take_incomplete():  # only if a stage lost rows: recorded, never dropped
+            writer.add(WaveVideo(video_id, replace[video_id], "assemble|Incomplete|some of the video's batches "
+                                 "failed every retry (see the Ray log); the frames that arrived are kept"), blocks)
+        never = set(replace) - pending.finished  # a decode task that failed every retry (a crash in C) sent nothing
+        for ref in plan.todo.filter(pa_is_in(plan.todo["video_id"], sorted(never))).to_pylist():
+            writer.add(WaveVideo(ref["video_id"], ref["replace"], f"decode|WorkerDied|its decode task failed all "
+                                 f"{config.ray.max_task_retries + 1} attempts because the decode actor died (a crash "
+                                 f"in C, an out-of-memory kill); see the Ray log, rerun to retry it", ref), [])
+        writer.finish()
+        summary.commits = writer.commits
+    progress.close()
     summary.seconds = time.perf_counter() - t0
-    writer.write_run({
+    write_run_row(context, {
         "run_id": run_id, "status": summary.status, "started_at": started,
         "finished_at": dt.datetime.now(dt.timezone.utc), "input": config.input,
         "config_hash": config_hash(config), "config_json": json.dumps(redact(config.model_dump(mode="json"))),
@@ -274,30 +278,30 @@ def run(config: RunConfig) -> RunSummary:
         "seconds": summary.seconds, "startup_seconds": summary.startup_seconds,
         "frames_per_second": summary.frames_per_second,
     })
+    if config.write.compact and plan.todo.num_rows:
+        compacting = time.perf_counter()
+        compact_tables(config.output, list(VIDEO_TABLES) + ["runs"], config.storage_options,
+                       config.write.retention_hours, config.write.orphan_hours, config.write.cpus)
+        summary.compact_seconds = time.perf_counter() - compacting
     return summary
 
 
-def video_row(ref: dict, run_id: str, status: str, rows_run_id: str | None, video=None, frames: int = 0,
-              people: int = 0, tracks: int = 0) -> dict[str, Any]:
-    """One row of the `videos` table (plus its `source` partition); `rows_run_id` is the run whose rows the frames
-    and tracks tables hold for it. `video` is the assembled VideoRows of a processed video; a skipped one has no
-    counts."""
-    row = {"video_id": ref["video_id"], "uri": ref["uri"], "source": ref["source"], "run_id": run_id,
-           "status": status, "rows_run_id": rows_run_id, "size_bytes": int(ref["size"])}
-    if video is None:
-        return row
-    header = video.header
-    return row | {
-        "frames": frames, "people": people, "tracks": tracks,
-        "duration_s": header.duration_s if header.opened else None, "fps": header.fps if header.opened else None,
-        "width": header.width or None, "height": header.height or None,
-        "error": readable_error(video.error) if video.error else None,
-    }
+MAX_ERRORS_KEPT = 20     # failed videos the summary names (all of them are in the errors table)
 
 
-def readable_error(error: str) -> str:
-    """`stage|type|message` as people read it: `stage: type: message`."""
-    return error.replace("|", ": ", 2)
+def pa_is_in(column, values: list[str]):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.is_in(column, value_set=pa.array(values, pa.string()))
+
+
+def startup_seconds(ready_at: float | None, started: dt.datetime, elapsed: float) -> float:
+    """Seconds from the run's start until the first inference actor had its model loaded (listing, planning, Ray,
+    the actors, the model), within 0 and `elapsed`."""
+    if ready_at is None:
+        return elapsed
+    return min(max(ready_at - started.timestamp(), 0.0), elapsed)
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -305,18 +309,30 @@ def print_summary(summary: RunSummary) -> None:
     print(f"  videos   {summary.videos_ok} ok / {summary.videos_failed} failed / {summary.videos_skipped} skipped "
           f"(of {summary.videos_listed} listed)")
     print(f"  frames   {summary.frames}  people found {summary.people}  tracks {summary.tracks}")
-    print(f"  speed    {summary.frames_per_second:.1f} frames/s over {summary.processing_seconds:.1f} s of processing, "
-          f"after {summary.startup_seconds:.1f} s of start-up (Ray, actors, model)")
+    print(f"  speed    {speed_line(summary)}")
     for uri, error in summary.errors:
-        print(f"  failed   {uri}: {readable_error(error)}")
-    print(f"  output   {summary.output}  (tables: frames, tracks, videos, errors, runs)")
+        print(f"  failed   {uri}: {error.replace('|', ': ', 2)}")
+    if summary.videos_failed > len(summary.errors):
+        print(f"  failed   and {summary.videos_failed - len(summary.errors)} more: see the errors table")
+    print(f"  output   {summary.output}  (Delta tables: frames, tracks, videos, errors, runs)")
+
+
+def speed_line(summary: RunSummary) -> str:
+    startup = f"after {summary.startup_seconds:.1f} s of start-up (Ray, actors, model)"
+    if not summary.videos_listed - summary.videos_skipped:
+        return "nothing to process"
+    if summary.processing_seconds < MIN_RATE_SECONDS:
+        return (f"{summary.frames} frames in {summary.processing_seconds:.1f} s of processing, too short for a rate, "
+                f"{startup}")
+    return f"{summary.frames_per_second:.1f} frames/s over {summary.processing_seconds:.1f} s of processing, {startup}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser("run", __doc__)
     parser.add_argument("--input", help="folder, video file or URI of the archive (s3://bucket/videos); overrides "
                                         "the config's `input`")
-    parser.add_argument("--output", help="folder or URI for the Parquet tables; overrides the config's `output`")
+    parser.add_argument("--output", help="folder or URI for the Delta tables (s3://bucket/poses); overrides the "
+                                         "config's `output`")
     add_config_arguments(parser, "decode.fps=5")
     return parser.parse_args(argv)
 
@@ -335,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     from pipeline.config import ConfigError, dump_config
     from pipeline.models.checkpoint import CheckpointError
-    from pipeline.stages.manifest import ManifestError
+    from pipeline.outputs.tables import TableError
     from pipeline.stages.read import InputError
 
     try:
@@ -344,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(config), end="")
             return EXIT_CLEAN
         summary = run(config)
-    except (ConfigError, InputError, CheckpointError, ManifestError, UsageError) as exc:
+    except (ConfigError, InputError, CheckpointError, TableError, UsageError) as exc:
         return fail(exc)
     print_summary(summary)
     return summary.exit_code

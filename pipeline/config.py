@@ -170,7 +170,8 @@ class DecodeSettings(StrictModel):
     fps: PositiveFloat | None = None             # target sampling rate; wins over every_nth when below the video's
     max_frames: PositiveInt | None = None        # cap per video (the first frames are kept)
     batch_size: PositiveInt = 32                 # frames per batch handed to inference
-    workers: PositiveInt | None = None           # decode actors; None: a quarter of the cluster's CPUs, at least 1
+    workers: PositiveInt | None = None           # decode actors, a fixed pool; None: an autoscaling pool that starts
+                                                 # at a quarter of the cluster's CPUs and grows onto added nodes
     threads: PositiveInt = 1                     # decord threads per decode actor
     timeout_s: PositiveFloat = 900.0             # a video whose decoder keeps its actor waiting longer becomes an error
                                                  # row (type Timeout); time spent waiting on inference does not count
@@ -196,7 +197,9 @@ class ModelSettings(StrictModel):
                                                  # (docs/performance.md); worth it for long archives
     flip_test: bool = False                      # also run each frame mirrored and average (twice the model cost;
                                                  # more accurate keypoints, see models/posepipe-synthetic.md)
-    workers: PositiveInt | None = None           # inference actors; None: one per GPU, else half the CPUs
+    workers: PositiveInt | None = None           # inference actors, a fixed pool; None: an autoscaling pool that
+                                                 # starts at one per GPU (else the CPUs decoding leaves) and grows
+                                                 # onto added nodes
     threads: PositiveInt | None = None           # torch threads per CPU actor; None: an equal share of the
                                                  # cluster's CPUs (decoders and the driver use few of theirs)
     cpus_per_worker: PositiveFloat = 1.0         # CPUs reserved by each inference actor
@@ -205,8 +208,22 @@ class ModelSettings(StrictModel):
 
 
 class WriteSettings(StrictModel):
+    """How the tables are written: Delta Lake tables, committed in waves, compacted and vacuumed after each run
+    (pipeline/outputs/tables.py, docs/tables.md)."""
+
     date: datetime.date | None = None            # partition date YYYY-MM-DD; None: the run's start date (UTC)
-    incremental: bool = True                     # skip videos already processed with the same size and version
+    incremental: bool = True                     # skip videos already processed with the same size, version and
+                                                 # settings (read from the videos table)
+    commit_seconds: PositiveFloat = 10.0         # at most one commit per table this often (and one at the end)
+    wave_videos: PositiveInt = 256               # complete videos per write task (a wave), at most
+    wave_frames: PositiveInt = 20_000            # ... or this many frames, whichever comes first
+    cpus: PositiveFloat = 0.25                   # CPUs each write task (tracking, Parquet) and compaction reserves
+    compact: bool = True                         # after the run: compact small files into ~128 MB ones, then vacuum
+    retention_hours: NonNegativeInt = 0          # files a commit removed stay this long (time travel to older
+                                                 # versions); 0: deleted at once, so a plain Parquet reader of the
+                                                 # folders sees exactly the current rows whenever no run is active
+    orphan_hours: NonNegativeInt = 1             # files no commit ever added (a killed run's) are deleted once
+                                                 # this old; younger ones may belong to a run still writing
 
 
 class RaySettings(StrictModel):
@@ -231,7 +248,7 @@ class RaySettings(StrictModel):
 
 class RunConfig(StrictModel):
     input: str | None = None                     # folder, video file or URI of the archive
-    output: str | None = None                    # folder or URI for the Parquet tables
+    output: str | None = None                    # folder or URI for the Delta tables (local, s3://, gs://, az://)
     storage_options: dict[str, Any] = Field(default_factory=dict)  # fsspec options, e.g. {endpoint_url: ...}
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)

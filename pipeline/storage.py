@@ -96,9 +96,11 @@ def remove_stale_temporaries(path: str, older_than_s: float = STALE_TMP_S) -> No
                 logger.info("removed %s, left by an interrupted write", leftover)
 
 
-def write_parquet_atomic(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
-    """One Parquet file written atomically (see `write_bytes_atomic`)."""
+def write_parquet_atomic(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> int:
+    """One Parquet file written atomically (see `write_bytes_atomic`); returns its size in bytes."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    write_bytes_atomic(fs, path, sink.getvalue().to_pybytes())
+    data = sink.getvalue().to_pybytes()
+    write_bytes_atomic(fs, path, data)
     logger.debug("wrote %d rows to %s", table.num_rows, path)
+    return len(data)

@@ -199,3 +199,26 @@ def test_help_texts_that_name_a_default_name_the_codes():
     precision = next(a for a in evaluate._actions if "--precision" in a.option_strings)
     assert f"model.checkpoint, {ModelSettings().checkpoint})" in checkpoint.help
     assert f"a run's, {ModelSettings().precision})" in precision.help
+
+
+def test_the_speed_line_gives_a_rate_only_over_enough_processing():
+    """Start-up ends when the first inference actor has its model loaded; processing shorter than MIN_RATE_SECONDS
+    says so instead of printing a rate that a batch more or less would swing."""
+    import datetime as dt
+
+    from jobs.run import MIN_RATE_SECONDS, RunSummary, speed_line, startup_seconds
+
+    started = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    assert startup_seconds(started.timestamp() + 46.5, started, elapsed=46.6) == 46.5
+    assert startup_seconds(started.timestamp() + 90.0, started, elapsed=46.6) == 46.6   # clocks apart: capped
+    assert startup_seconds(None, started, elapsed=3.0) == 3.0                          # no actor ever ready
+
+    short = RunSummary("r", "out", videos_listed=2, frames=10, seconds=46.7, startup_seconds=46.5)
+    assert short.frames_per_second is None
+    assert speed_line(short) == ("10 frames in 0.2 s of processing, too short for a rate, after 46.5 s of start-up "
+                                 "(Ray, actors, model)")
+    long = RunSummary("r", "out", videos_listed=2, frames=300, seconds=20.0 + 2 * MIN_RATE_SECONDS,
+                      startup_seconds=20.0)
+    assert long.frames_per_second == pytest.approx(30.0)
+    assert speed_line(long).startswith("30.0 frames/s over 10.0 s of processing, after 20.0 s of start-up")
+    assert speed_line(RunSummary("r", "out", videos_listed=3, videos_skipped=3)) == "nothing to process"

@@ -7,10 +7,10 @@ import pytest
 from jobs.evaluate_tracks import evaluate_output, main
 from pipeline.stages.assemble import TrackedVideo
 from pipeline.stages.read import list_videos
-from pipeline.stages.write import OutputWriter
+from pipeline.stages.write import write_videos_now
 from pipeline.synthetic.videos import write_video
 
-from test_query import ground_truth_frames, tracked_from_ground_truth
+from test_query import context, ground_truth_frames, tracked_from_ground_truth
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def crossing(tmp_path_factory):
 
 def test_ground_truth_rows_score_perfectly(tmp_path, crossing, capsys):
     ref, gt = crossing
-    OutputWriter(str(tmp_path), "2026-01-01").write_video(ref, tracked_from_ground_truth(gt))
+    write_videos_now(context(str(tmp_path)), [(ref, tracked_from_ground_truth(gt))])
     table = evaluate_output(str(tmp_path))
     assert len(table) == 1 and table.loc[0, "scenario"] == "cross"
     assert table.loc[0, "idf1"] == pytest.approx(1.0) and table.loc[0, "id_switches"] == 0
@@ -40,12 +40,12 @@ def test_swapped_ids_and_shifted_keypoints_score_less(tmp_path, crossing):
         keypoints = keypoints.copy()
         keypoints[..., :2] += 6.0
         frames[i] = (frame_index, time_s, width, height, ids[::-1].copy(), scores, keypoints)
-    OutputWriter(str(tmp_path), "2026-01-01").write_video(ref, TrackedVideo.from_frames(frames))
+    write_videos_now(context(str(tmp_path)), [(ref, TrackedVideo.from_frames(frames))])
     row = evaluate_output(str(tmp_path)).iloc[0]
     assert row.id_switches >= 2 and row.idf1 < 0.8 and row.AP < 1.0
 
 
 def test_output_without_ground_truth_is_a_clear_error(tmp_path, capsys):
     ref = {"video_id": "x-1", "uri": str(tmp_path / "x.mp4"), "source": "s"}
-    OutputWriter(str(tmp_path / "out"), "2026-01-01").write_video(ref, TrackedVideo.from_frames([]))
+    write_videos_now(context(str(tmp_path / "out")), [(ref, TrackedVideo.from_frames([]))])
     assert main([str(tmp_path / "out")]) == 2 and "ground-truth" in capsys.readouterr().err

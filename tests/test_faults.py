@@ -8,7 +8,9 @@ exactly one error row and change nothing else.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,12 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from deltalake import DeltaTable
 
 from jobs.run import EXIT_USAGE, load_run_config, main, parse_args, run
 from pipeline.config import ConfigError, RunConfig
 from pipeline.pose.letterbox import Letterbox
-from pipeline.stages.assemble import VideoAssembler
+from pipeline.stages.assemble import INDEX_COLUMNS, PendingVideos, collect_videos
 from pipeline.stages.batch import PERSON_COLUMNS, empty
 from pipeline.stages.decode import FrameDecoder
 from pipeline.stages.plan import Pools, actor_memory, decode_cpus, fit_memory, plan_pools
@@ -215,19 +220,44 @@ def person_rows(video_id: str, frames: list[int], end: int | None = None) -> dic
     rows["width"][:], rows["height"][:], rows["person_score"][:] = 10, 10, 1.0
     rows["is_end"][len(frames):] = True
     rows["num_frames"][len(frames):] = end or 0
+    rows["ref"][len(frames):] = json.dumps({"video_id": video_id, "uri": f"/{video_id}.mp4"})
     rows["keypoints"][:, :, 0] = np.arange(n)[:, None]
     return rows
 
 
+def block(rows: dict[str, np.ndarray]) -> pa.Table:
+    """Person rows as the Arrow block Ray Data keeps in its object store (keypoints a tensor column)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    return pa.table({name: ArrowTensorArray.from_numpy(value) if value.ndim > 1 else value
+                     for name, value in rows.items()})
+
+
+def index(table: pa.Table) -> pa.Table:
+    return table.select(list(INDEX_COLUMNS))
+
+
 def test_replayed_batches_overwrite_and_never_return_a_video_twice():
-    assembler = VideoAssembler()
-    assert assembler.add(person_rows("a", [0, 1])) == []
-    assert assembler.add(person_rows("a", [0, 1])) == []              # replay of a retried task: no duplicates
-    done = assembler.add(person_rows("a", [2], end=3))
-    assert [v.video_id for v in done] == ["a"]
-    assert done[0].rows()["frame_index"].tolist() == [0, 1, 2]        # one person a frame: each row once
-    assert assembler.add(person_rows("a", [0, 1, 2], end=3)) == []     # a late replay of a finished video
-    assert assembler.pending == {}
+    """The driver indexes block references; a retried task's replayed block counts no frame twice, and a video is
+    returned once. The worker that gathers it from every block keeps each (frame, person) once."""
+    pending = PendingVideos()
+    first, last = block(person_rows("a", [0, 1])), block(person_rows("a", [2], end=3))
+    assert pending.add("ref-1", index(first)) == (2, [])
+    assert pending.add("ref-2", index(first)) == (0, [])             # replay of a retried task: no frame twice
+    assert pending.add("ref-3", index(last)) == (1, [("a", ["ref-1", "ref-2", "ref-3"])])
+    assert pending.add("ref-4", index(block(person_rows("a", [0, 1, 2], end=3)))) == (0, [])  # a late replay
+    assert pending.pending == {} and pending.take_incomplete() == []
+
+    video = collect_videos([first, first, last], ["a"])["a"]
+    assert video.complete and video.rows()["frame_index"].tolist() == [0, 1, 2]   # one person a frame: each once
+    assert video.ref == {"video_id": "a", "uri": "/a.mp4"}
+
+
+def test_a_video_whose_rows_never_all_arrive_is_handed_over_with_what_came():
+    pending = PendingVideos()
+    assert pending.add("ref-1", index(block(person_rows("a", [0, 1], end=3)))) == (2, [])  # frame 2 was lost
+    assert pending.take_incomplete() == [("a", ["ref-1"])] and "a" in pending.finished
+    assert pending.add("ref-2", index(block(person_rows("a", [2])))) == (0, [])          # too late: not returned twice
 
 
 # --- memory budget -------------------------------------------------------------------------------------------
@@ -248,28 +278,28 @@ def test_pools_shrink_to_fit_memory_reservations_or_fail_clearly():
 
 
 def test_decode_actors_share_the_cpus_inference_leaves_so_no_actor_waits():
-    assert decode_cpus(1, 1, RunConfig(), cpus=2, gpus=0) == 1.0
-    assert decode_cpus(2, 1, RunConfig(), cpus=2, gpus=0) == 0.5       # not 3 CPUs asked of 2: all actors run
+    assert decode_cpus(1, 1, RunConfig(), cpus=2, gpus=0) == 0.75      # a quarter CPU stays for the write tasks
+    assert decode_cpus(2, 1, RunConfig(), cpus=2, gpus=0) == 0.375     # not 3 CPUs asked of 2: all actors run
     assert decode_cpus(4, 1, RunConfig(), cpus=16, gpus=1.0) == 1.0    # GPU inference actors reserve no CPU
     with pytest.raises(ConfigError, match="leave none to decode"):
         decode_cpus(1, 2, RunConfig(), cpus=2, gpus=0)
 
 
 def test_pools_from_the_cluster_resources():
-    assert plan_pools(RunConfig(), cpus=2, gpus=0, memory=8 * 2**30) == Pools(1, 1, 1.0, 0.0, 2)  # all CPUs
-    assert plan_pools(RunConfig(), cpus=16, gpus=0, memory=8 * 2**30) == Pools(4, 12, 1.0, 0.0, 1)
+    assert plan_pools(RunConfig(), cpus=2, gpus=0, memory=8 * 2**30) == Pools(1, 1, 0.75, 0.0, 2)  # all CPUs
+    assert plan_pools(RunConfig(), cpus=16, gpus=0, memory=8 * 2**30) == Pools(4, 12, 0.9375, 0.0, 1)
     assert plan_pools(RunConfig(), cpus=16, gpus=2, memory=8 * 2**30) == Pools(4, 2, 1.0, 1.0, None)
     two_decoders = RunConfig.model_validate({"decode": {"workers": 2}})
-    assert plan_pools(two_decoders, cpus=2, gpus=0, memory=8 * 2**30) == Pools(2, 1, 0.5, 0.0, 2)
+    assert plan_pools(two_decoders, cpus=2, gpus=0, memory=8 * 2**30) == Pools(2, 1, 0.375, 0.0, 2)
     on_cpu = RunConfig.model_validate({"model": {"device": "cpu", "threads": 2}})
-    assert plan_pools(on_cpu, cpus=16, gpus=2, memory=8 * 2**30) == Pools(4, 12, 1.0, 0.0, 2)
+    assert plan_pools(on_cpu, cpus=16, gpus=2, memory=8 * 2**30) == Pools(4, 12, 0.9375, 0.0, 2)
 
 
 # --- the whole job through Ray -------------------------------------------------------------------------------
 
 GOOD = {"cam1/a_walk.mp4": dict(num_frames=24, width=96, height=64),
         "cam1/c_side.mkv": dict(num_frames=16, width=64, height=96),
-        "cam2/e_wide.mp4": dict(num_frames=60, width=128, height=64)}   # long: a killed job is caught mid-run
+        "cam2/e_wide.mp4": dict(num_frames=240, width=128, height=64)}   # long: a killed job is caught mid-run
 
 
 def write_good(root: Path) -> Path:
@@ -304,8 +334,9 @@ def job_config(input_dir: Path, output: Path, checkpoint: str, *extra: str):
 
 
 def read_table(output: Path, table: str) -> pd.DataFrame:
-    """A table keyed by file name (uris and video ids differ between archives), in a stable order."""
-    df = pd.read_parquet(output / table)
+    """A table's current rows (its Delta snapshot) keyed by file name (uris and video ids differ between archives),
+    in a stable order."""
+    df = DeltaTable(str(output / table)).to_pandas()
     df = df.assign(name=df["uri"].map(os.path.basename), source=df["source"].astype(str))
     keys = {"frames": ["name", "frame_index", "person_index"], "tracks": ["name", "track_id"]}.get(table, ["name"])
     return df.drop(columns=["video_id", "uri", "date"]).sort_values(keys).reset_index(drop=True)
@@ -515,26 +546,58 @@ def test_job_killed_mid_run_then_rerun_equals_a_clean_run(ray_local, random_chec
     out = tmp_path / "out"
     gcs = ray_local.get_runtime_context().gcs_address     # the job joins this cluster: no second Ray to start
     log = (tmp_path / "killed.log").open("w")
+    # a commit as soon as each video is written, so that the kill lands between two of them
     job = subprocess.Popen([sys.executable, "-m", "jobs.run", *job_args(root, out, random_checkpoint,
-                                                                         f"ray.address={gcs}")],
+                                                                         f"ray.address={gcs}",
+                                                                         "write.commit_seconds=0.1")],
                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    first_commit = out / "videos" / "_delta_log" / f"{1:020d}.json"       # version 0 creates the table
     try:
         deadline = time.monotonic() + 180
-        while not list((out / "frames").rglob("*.parquet")) and job.poll() is None and time.monotonic() < deadline:
+        while not first_commit.exists() and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        written = len(list((out / "frames").rglob("*.parquet")))
         job.send_signal(signal.SIGKILL)
     finally:
         job.wait(30)
         log.close()
     assert job.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    written = len(read_table(out, "videos"))
     assert 1 <= written < len(GOOD)                                    # killed after one video, before the end
     assert not (out / "runs").exists()
 
     summary = run(job_config(root, out, random_checkpoint))
-    assert summary.status == "clean" and summary.exit_code == 0
+    assert summary.status == "clean" and summary.exit_code == 0 and summary.videos_skipped == written
     assert_same_rows(out, clean_run)
     assert len(pd.read_parquet(out / "runs")) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_run_killed_between_the_commits_of_a_wave_leaves_nothing_twice(ray_local, random_checkpoint, clean_run,
+                                                                        tmp_path):
+    """A wave commits frames, tracks, errors, then videos. A run killed after its frames commit leaves rows that no
+    videos row accounts for: the next run finds them in the commit log and replaces them in the same commit that
+    adds its own."""
+    from pipeline.outputs.tables import Changes, TableCommitter, write_files
+    from pipeline.stages.write import with_partitions
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_run, out)
+    frames = DeltaTable(str(out / "frames")).to_pyarrow_table()
+    [victim] = frames.filter(pc.equal(frames["uri"], pc.max(frames["uri"])))["video_id"].unique().to_pylist()
+    stale = frames.filter(pc.equal(frames["video_id"], victim))
+    date, source = stale["date"][0].as_py(), stale["source"][0].as_py()
+    stale = stale.drop_columns(["date", "source"])
+    stale = stale.set_column(stale.schema.get_field_index("person_score"), "person_score",
+                             pc.add(stale["person_score"], 1.0))       # the killed run's rows differ
+    stale = with_partitions(stale, date, source)
+    files = write_files(str(out), "frames", stale, "killed-run")
+    TableCommitter(str(out), "frames", "killed-run", {}, None).commit(Changes(files, {victim}))
+    assert len(read_table(out, "frames")) > len(read_table(clean_run, "frames"))   # the kill's state: rows twice
+
+    summary = run(job_config(clean_run.parent / "in", out, random_checkpoint))   # the clean run's own videos
+    assert (summary.videos_skipped, summary.videos_ok) == (len(GOOD) - 1, 1)   # only the suspect video again
+    assert_same_rows(out, clean_run)
 
 
 @pytest.mark.slow
@@ -547,11 +610,12 @@ def test_memory_budget_larger_than_the_cluster_fails_fast(ray_local, random_chec
 
 
 def test_a_replayed_row_replaces_the_first_and_rows_come_out_sorted():
-    assembler = VideoAssembler()
     first = person_rows("a", [2, 0])
     replay = person_rows("a", [0], end=3)
     replay["keypoints"][0, :, 0] = 99.0                                # the retried batch's copy of frame 0 differs
-    assembler.add(first)
-    done = assembler.add(replay) + assembler.add(person_rows("a", [1]))
-    rows = done[0].rows()
+    blocks = [block(first), block(replay), block(person_rows("a", [1]))]
+    pending = PendingVideos()
+    done = [video for ref, b in enumerate(blocks) for video in pending.add(ref, index(b))[1]]
+    assert done == [("a", [0, 1, 2])]
+    rows = collect_videos(blocks, ["a"])["a"].rows()
     assert rows["frame_index"].tolist() == [0, 1, 2] and rows["keypoints"][0, 0, 0] == 99.0   # the last copy wins

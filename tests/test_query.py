@@ -1,5 +1,6 @@
-"""Query side of the outputs: pandas / pyarrow / DuckDB reads, `pipeline.outputs.query` views (local, memory://, S3 via moto),
-`to_long`, COCO export scored by pycocotools, `posepipe query`, and the recipes of docs/tables.md run verbatim."""
+"""Query side of the outputs: Delta tables read by deltalake, pandas, pyarrow and DuckDB; plain Parquet readers of the
+folders; `pipeline.outputs.query` views (local, S3 via moto), `to_long`, COCO export scored by pycocotools,
+`posepipe query`, and the recipes of docs/tables.md run verbatim."""
 
 from __future__ import annotations
 
@@ -20,17 +21,19 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.outputs.query import connect, empty_table, keypoint_array, query, to_long
+from pipeline.outputs.query import connect, keypoint_array, query, to_long
 from pipeline.outputs.schema import TABLES
+from pipeline.outputs.tables import delta_schema
 from pipeline.pose.keypoints import KEYPOINT_INDEX, KEYPOINT_NAMES, NUM_KEYPOINTS
 from pipeline.pose.tracking import UNTRACKED
 from pipeline.stages.assemble import TrackedVideo
-from pipeline.stages.write import OutputWriter
+from pipeline.stages.write import WaveContext, write_run_row, write_videos_now
 
 from conftest import s3_server
 
 RECIPES = Path(__file__).resolve().parent.parent / "docs" / "tables.md"   # query recipes with known answers
 DATE = "2026-03-04"
+RUN = "20260304T100000Z-run001"
 W, H, FPS = 320, 240, 10
 # A standing person, 160 px tall, feet at y = 200 (offsets from the x of their centre line).
 STANDING = np.array([[0, 40], [-5, 35], [5, 35], [-10, 37], [10, 37], [-20, 55], [20, 55], [-25, 80], [25, 80],
@@ -91,25 +94,33 @@ def tracked(num_frames: int, people_at) -> TrackedVideo:
     return TrackedVideo.from_frames(frames)
 
 
+def context(root: str, storage_options: dict | None = None, run_id: str = RUN) -> WaveContext:
+    import datetime as dt
+
+    return WaveContext(root, run_id, dt.date.fromisoformat(DATE), "test", storage_options=storage_options or {})
+
+
 def write_output(root: str, videos: Path | None = None, storage_options: dict | None = None) -> dict:
     """An output root written by the real writer: video `walk` (source cam1, 40 frames, 2 tracks, track 1 raises a
-    hand), video `still` (source "01", 12 frames, 1 track), an errors row, a runs row. With `videos`, the mp4s
-    are encoded there and the rows point at them."""
-    writer = OutputWriter(root, DATE, storage_options)
+    hand), video `still` (source "01", 12 frames, 1 track), a video that failed to open, a runs row. With `videos`,
+    the mp4s are encoded there and the rows point at them."""
     still_people = lambda t: (person(160)[None], np.array([0]))  # noqa: E731
-    refs = {}
+    refs, written = {}, []
     for name, source, n, people_at in [("walk", "cam1", 40, scene_people), ("still", "01", 12, still_people)]:
         uri = str(encode(videos / source / f"{name}.mp4", n, people_at)) if videos else f"/videos/{source}/{name}.mp4"
-        refs[name] = {"video_id": f"{name}-0123456789", "uri": uri, "source": source}
-        writer.write_video(refs[name], tracked(n, people_at))
-    broken = {"video_id": "broken-0123456789", "uri": "/videos/cam1/broken.mp4", "source": "cam1"}
-    writer.write_error(broken, "run-1", "open|InvalidDataError|cannot open video", 0)
+        refs[name] = {"video_id": f"{name}-0123456789", "uri": uri, "source": source, "size": 1, "version": "1"}
+        written.append((refs[name], tracked(n, people_at)))
+    broken = {"video_id": "broken-0123456789", "uri": "/videos/cam1/broken.mp4", "source": "cam1", "size": 64,
+              "version": "1"}
+    written.append((broken, TrackedVideo.from_frames([])))
+    write_videos_now(context(root, storage_options), written,
+                     errors={broken["video_id"]: "open|InvalidDataError|cannot open video"})
     now = pd.Timestamp("2026-03-04T10:00:00Z")
-    writer.write_run({"run_id": "run-1", "status": "partial", "started_at": now, "finished_at": now,
-                      "input": "/videos", "config_hash": "abc", "config_json": "{}", "code_version": "test",
-                      "videos_listed": 3, "videos_ok": 2, "videos_failed": 1, "videos_skipped": 0, "frames": 52,
-                      "people": 84, "tracks": 3, "seconds": 1.0, "startup_seconds": 0.5,
-                      "frames_per_second": 104.0})
+    write_run_row(context(root, storage_options), {
+        "run_id": RUN, "status": "partial", "started_at": now, "finished_at": now, "input": "/videos",
+        "config_hash": "abc", "config_json": "{}", "code_version": "test", "videos_listed": 3, "videos_ok": 2,
+        "videos_failed": 1, "videos_skipped": 0, "frames": 52, "people": 84, "tracks": 3, "seconds": 1.0,
+        "startup_seconds": 0.5, "frames_per_second": 104.0})
     return refs
 
 
@@ -142,7 +153,7 @@ def write_synthetic_output(root: Path, videos: Path, **video_kw) -> tuple[dict, 
     gt_path = write_video(videos / "cam1" / "synthetic.mp4", supersample=1, **video_kw)
     gt = json.loads(gt_path.read_text())
     [ref] = list_videos(str(videos))
-    OutputWriter(str(root), DATE).write_video(ref, tracked_from_ground_truth(gt))
+    write_videos_now(context(str(root)), [(ref, tracked_from_ground_truth(gt))])
     return ref, gt
 
 
@@ -161,14 +172,21 @@ PLAIN_TYPES = (pa.types.is_string, pa.types.is_int32, pa.types.is_int64, pa.type
                pa.types.is_timestamp)
 
 
-def test_files_are_plain_parquet_in_hive_layout(output):
+def test_tables_are_delta_tables_of_plain_parquet_in_hive_layout(output):
+    from deltalake import DeltaTable
+
+    for table, schema in TABLES.items():
+        delta = DeltaTable(str(output / table))
+        assert delta.metadata().partition_columns == (["date"] if table == "runs" else ["date", "source"])
+        assert [f.name for f in delta.schema().fields] == delta_schema(table).names
     files = sorted(p.relative_to(output).as_posix() for p in output.rglob("*.parquet"))
-    assert files == [f"errors/date={DATE}/source=cam1/broken-0123456789.parquet",
-                     f"frames/date={DATE}/source=01/still-0123456789.parquet",
-                     f"frames/date={DATE}/source=cam1/walk-0123456789.parquet",
-                     f"runs/date={DATE}/run-1.parquet",
-                     f"tracks/date={DATE}/source=01/still-0123456789.parquet",
-                     f"tracks/date={DATE}/source=cam1/walk-0123456789.parquet"]
+    layout = [re.sub(r"part-[\w-]+\.zstd\.parquet$", "part-*.parquet", f) for f in files]
+    assert layout == [f"errors/date={DATE}/source=cam1/part-*.parquet",
+                      f"frames/date={DATE}/source=01/part-*.parquet", f"frames/date={DATE}/source=cam1/part-*.parquet",
+                      f"runs/date={DATE}/part-*.parquet",
+                      f"tracks/date={DATE}/source=01/part-*.parquet", f"tracks/date={DATE}/source=cam1/part-*.parquet",
+                      f"videos/date={DATE}/source=01/part-*.parquet", f"videos/date={DATE}/source=cam1/part-*.parquet"]
+    assert all(RUN in f for f in files)                              # a data file names the run that wrote it
     for path in output.rglob("*.parquet"):
         schema = pq.read_schema(path)
         assert schema.remove_metadata() == TABLES[path.relative_to(output).parts[0]], path
@@ -176,13 +194,17 @@ def test_files_are_plain_parquet_in_hive_layout(output):
         assert "date" not in schema.names and "source" not in schema.names              # partitions: paths only
 
 
-def test_pandas_pyarrow_and_duckdb_read_the_same_rows(output):
-    frames = pd.read_parquet(output / "frames")
+def test_deltalake_pandas_pyarrow_and_duckdb_read_the_same_rows(output):
+    from deltalake import DeltaTable
+
+    frames = DeltaTable(str(output / "frames")).to_pandas()          # the current snapshot, through the log
     assert len(frames) == PERSON_ROWS
     assert frames["nose_x"].dtype == np.float32 and frames["track_id"].dtype == np.int64
-    assert set(frames["source"].astype(str)) == {"cam1", "01"}        # mixed values: inferred as strings
+    assert set(frames["source"]) == {"cam1", "01"}                   # strings, typed by the log
     assert frames["left_ear_x"].isna().sum() == 35 and (frames["left_ear_score"] == 0).sum() == 35
 
+    plain = pd.read_parquet(output / "frames")                       # a plain reader of the folder: the same rows
+    assert len(plain) == PERSON_ROWS                                 # (_delta_log is skipped, as every "_" folder)
     dataset = pds.dataset(output / "tracks", format="parquet", partitioning="hive")
     tracks = dataset.to_table().to_pandas()
     assert len(tracks) == 3 and sorted(tracks["num_frames"]) == [12, 35, 35]
@@ -211,12 +233,6 @@ def test_views_over_a_local_root(output):
     check_views(connect(str(output)))
 
 
-def test_views_over_fsspec_memory_root():
-    root = "memory://posepipe-test/out"
-    write_output(root)
-    check_views(connect(root))
-
-
 @pytest.fixture
 def s3_endpoint():
     with s3_server() as endpoint:
@@ -234,18 +250,19 @@ def test_views_over_s3_through_fsspec_without_httpfs(s3_endpoint):
 
 def test_missing_tables_are_empty_views_with_the_schema_columns(tmp_path):
     root = tmp_path / "out"
-    OutputWriter(str(root), DATE).write_video({"video_id": "v", "uri": "/v.mp4", "source": "123"},
-                                              tracked(3, scene_people))
+    write_videos_now(context(str(root)), [({"video_id": "v", "uri": "/v.mp4", "source": "123"},
+                                           tracked(3, scene_people))])
+    assert (root / "errors" / "_delta_log").is_dir() and not (root / "runs").exists()   # empty / never written
     con = connect(str(root))
     assert query(con, "SELECT DISTINCT source FROM frames")["source"].tolist() == ["123"]   # not the integer 123
-    for table in ("errors", "videos", "runs"):
+    for table in ("errors", "runs"):
         described = query(con, f"DESCRIBE {table}")
-        assert described["column_name"].tolist() == empty_table(table).column_names
+        assert described["column_name"].tolist() == delta_schema(table).names
         assert query(con, f"SELECT count(*) AS n FROM {table}")["n"][0] == 0
     assert query(con, "DESCRIBE errors").set_index("column_name").loc["source", "column_type"] == "VARCHAR"
     # an empty view has the same columns and types as a view over files
     written = query(con, "DESCRIBE frames")[["column_name", "column_type"]]
-    con.register("_probe", empty_table("frames"))
+    con.register("_probe", delta_schema("frames").empty_table())
     assert query(con, "DESCRIBE _probe")[["column_name", "column_type"]].equals(written)
     (tmp_path / "empty").mkdir()
     nothing = connect(str(tmp_path / "empty"))
@@ -359,6 +376,7 @@ def run_query(capsys, *argv) -> tuple[int, str, str]:
 def test_query_command(output, capsys):
     code, out, _ = run_query(capsys, str(output), "--tables")
     assert code == 0 and re.search(r"frames\s+84\s+66", out) and re.search(r"errors\s+1\s+10", out)
+    assert re.search(r"videos\s+3\s+18", out)
     code, out, _ = run_query(capsys, str(output), "--csv", "SELECT source, count(*) AS n FROM frames "
                                                            "GROUP BY ALL ORDER BY ALL")
     assert code == 0 and out.splitlines() == ["source,n", "01,12", "cam1,72"]
@@ -418,15 +436,15 @@ def recipes_output(tmp_path, monkeypatch):
 
 def test_python_recipes_run_and_answer_right(recipes_output, capsys):
     blocks = code_blocks(RECIPES, "python", "Querying the results")
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     spaces = []
     for block in blocks:
         namespace: dict = {"__name__": "recipes"}
         exec(compile(block, str(RECIPES), "exec"), namespace)
         spaces.append(namespace)
-    pandas_ns, duckdb_ns, query_ns = spaces
+    pandas_ns, plain_ns, duckdb_ns, query_ns = spaces
     assert pandas_ns["people_per_source"].to_dict() == {"01": 1, "cam1": 2}
-    assert len(pandas_ns["frames"]) == PERSON_ROWS
+    assert len(pandas_ns["frames"]) == len(plain_ns["plain_frames"]) == PERSON_ROWS
     assert pandas_ns["mean_score_per_keypoint"].index.tolist() == list(KEYPOINT_NAMES)
     raised = duckdb_ns["raised"]
     assert raised[["video_id", "track_id", "frames_raised"]].values.tolist() == [["walk-0123456789", 1, 15]]

@@ -26,9 +26,11 @@ from pipeline.outputs.render import (
     summary_bin_seconds,
     track_colour,
 )
-from pipeline.stages.write import OutputWriter
+from pipeline.stages.assemble import TrackedVideo
+from pipeline.stages.batch import VideoHeader
+from pipeline.stages.write import write_videos_now
 
-from test_query import write_synthetic_output
+from test_query import context, write_synthetic_output
 
 NUM_FRAMES, FPS, EMPTY_FROM = 24, 10.0, 18     # rows of frames >= EMPTY_FROM are dropped: "nobody found there"
 
@@ -194,9 +196,9 @@ def test_summary_draws_each_source_over_its_footage_only(synthetic, tmp_path):
     base, ref, _, _ = synthetic
     root = tmp_path / "out"
     shutil.copytree(base / "full", root)
-    quiet = {"video_id": "q", "uri": "/q.mp4", "run_id": "r", "status": "ok", "size_bytes": 10, "frames": 20,
-             "people": 0, "tracks": 0, "duration_s": 1.0, "fps": 20.0, "width": 64, "height": 48}
-    OutputWriter(str(root), "2026-01-02").write_videos("r", [quiet | {"source": "empty-cam"}])
+    quiet = {"video_id": "q", "uri": "/q.mp4", "source": "empty-cam", "size": 10}
+    write_videos_now(context(str(root), run_id="r"), [(quiet, TrackedVideo.from_frames([], num_frames=20))],
+                     headers={"q": VideoHeader(64, 48, 20.0, 1.0)})
     con = connect(str(root))
     footage = footage_by_source(con)
     span = query(con, "SELECT max(timestamp_s) AS t FROM frames")["t"][0]

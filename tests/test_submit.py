@@ -106,7 +106,14 @@ def cluster(s3):
                        env=env, check=True, capture_output=True, timeout=180)
         address = f"http://127.0.0.1:{dashboard}"
         wait_for_nodes(address, 2, token_path.read_text())
-        yield SimpleNamespace(address=address, token_path=token_path)
+        spare = free_ports(30)
+
+        def add_node() -> None:
+            """A third node (1 CPU) joins, as an autoscaler would add one."""
+            subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", *common, *node_ports(spare)],
+                           env=env, check=True, capture_output=True, timeout=180)
+
+        yield SimpleNamespace(address=address, token_path=token_path, add_node=add_node)
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"ray start failed: {exc.stderr.decode()[-2000:]}")
     finally:
@@ -194,8 +201,49 @@ def test_submit_runs_the_job_on_a_two_node_cluster(s3, cluster, tmp_path, monkey
     assert "videos   2 ok / 0 failed" in logs                                 # the job's summary, streamed back
     runs = pd.read_parquet(f"s3://{BUCKET}/out/runs", storage_options={"endpoint_url": s3.endpoint})
     assert runs.loc[0, "videos_ok"] == 2 and runs.loc[0, "frames"] == 8
-    keys = [o["Key"] for o in s3.client.list_objects_v2(Bucket=BUCKET, Prefix="out/frames/")["Contents"]]
-    assert len(keys) == 2
+    keys = [o["Key"] for o in s3.client.list_objects_v2(Bucket=BUCKET, Prefix="out/videos/")["Contents"]]
+    assert sum(k.endswith(".parquet") for k in keys) == 2 and f"out/videos/_delta_log/{0:020d}.json" in keys
     actors = state(cluster.address, "actors", cluster.token_path.read_text())
     stages = {a["class_name"]: a["node_id"] for a in actors if "MapBatches" in a["class_name"]}
     assert len(stages) == 2 and len(set(stages.values())) == 2               # decode and inference on two nodes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_a_node_that_joins_mid_run_gets_actors(s3, cluster, tmp_path, monkeypatch, capsys):
+    """The pools autoscale: a node added while the job runs gets a decode or inference actor (runs last: the cluster
+    keeps the third node)."""
+    import threading
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(cluster.token_path))
+    token = cluster.token_path.read_text()
+    for i in range(6):                          # about 40 s at 512 px on 2 CPUs: time for a node to join
+        path = encode_video(tmp_path / f"long/cam0/v{i}.mp4", num_frames=300, width=64, height=48)
+        s3.client.upload_file(str(path), BUCKET, f"long/cam0/v{i}.mp4")
+    config = ModelConfig(input_size=64, width=8, feature_channels=16, head_channels=8)
+    save_checkpoint(PoseNet(config), str(tmp_path / "random.pt"), checkpoint_metadata(config))
+    s3.client.upload_file(str(tmp_path / "random.pt"), BUCKET, "models/random.pt")
+    nodes_before = {n["node_id"] for n in state(cluster.address, "nodes", token)}
+
+    codes = []
+    job = threading.Thread(target=lambda: codes.append(main([
+        "--address", cluster.address, "--input", f"s3://{BUCKET}/long", "--output", f"s3://{BUCKET}/long-out",
+        "--set", f"model.checkpoint=s3://{BUCKET}/models/random.pt", "--set", "model.frame_size=512",
+        "--env", f"AWS_ENDPOINT_URL={s3.endpoint}"])))
+    job.start()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.is_alive():   # both pools up: the job is processing
+        alive = [a for a in state(cluster.address, "actors", token)
+                 if "MapBatches" in a["class_name"] and a["state"] == "ALIVE"]
+        if len({a["class_name"] for a in alive}) == 2:
+            break
+        time.sleep(0.5)
+    assert job.is_alive(), "the job ended before the node could join: give it more frames"
+    cluster.add_node()
+    job.join(400)
+    logs = capsys.readouterr().out
+    assert codes == [0], logs[-3000:]
+    [new_node] = {n["node_id"] for n in state(cluster.address, "nodes", token)} - nodes_before
+    placed = [a["class_name"] for a in state(cluster.address, "actors", token)
+              if "MapBatches" in a["class_name"] and a["node_id"] == new_node]
+    assert placed, "no decode or inference actor was started on the node that joined"

@@ -1,12 +1,13 @@
-"""Query the output tables of posepipe runs (frames, tracks, videos, errors, runs) as DuckDB views over Parquet.
+"""Query the output tables of posepipe runs (frames, tracks, videos, errors, runs) with DuckDB.
 
-The output root can be a local folder or any fsspec URI (s3://, gs://, memory://): for a non-local root the fsspec
-filesystem is registered with DuckDB, so no DuckDB extension (httpfs) has to be downloaded. A table that has no
-files yet is an empty view with the right columns (from `pipeline.outputs.schema`), so a query never fails because a run
-happened to have no errors. Partition columns are typed explicitly (`date` DATE, `source` VARCHAR): left to
-inference, a source named `123` would turn into an integer.
+Each view is the current snapshot of a Delta table, read through `deltalake` (`DeltaTable.to_pyarrow_dataset`): only
+the files its log names, so a query never sees a file a run wrote and did not commit, nor one a later run replaced.
+DuckDB scans the Arrow dataset with the query's column selection and filters pushed down, through delta-rs's own
+object-store client, so no DuckDB extension (delta, httpfs) has to be downloaded, and a local folder, s3://, gs:// or
+az:// root all work the same. A table that does not exist yet is an empty view with the schema's columns, so a query
+never fails because a run happened to have no errors.
 
-Views are bound when `connect` is called: a table whose first file is written later shows up on the next `connect`.
+Views are bound when `connect` is called: rows committed later show up on the next `connect`.
 """
 
 from __future__ import annotations
@@ -17,60 +18,32 @@ from typing import Any, Sequence
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from pipeline.outputs.schema import PARTITION_SCHEMA, TABLE_PARTITIONS, TABLES
+from pipeline.outputs.schema import TABLES
+from pipeline.outputs.tables import delta_schema, open_table, table_exists
 from pipeline.pose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
-from pipeline.storage import is_local, join, resolve
+from pipeline.storage import resolve
 
 logger = logging.getLogger(__name__)
-
-# DuckDB types of the hive partition columns; the runs table is partitioned by date only.
-DUCKDB_TYPES = {pa.date32(): "DATE", pa.string(): "VARCHAR"}
 
 LONG_ID_COLUMNS = ("video_id", "frame_index", "track_id")
 
 
-def root_uri(output: str, storage_options: dict[str, Any] | None = None) -> str:
-    """The output root as DuckDB must see it: an absolute path when local, else the URI with its protocol."""
-    fs, path = resolve(output, storage_options)
-    return path.rstrip("/") if is_local(fs) else output.rstrip("/")
-
-
-def table_glob(output: str, table: str, storage_options: dict[str, Any] | None = None) -> str:
-    """`<root>/<table>/**/*.parquet`: every file of a table (temporary files start with '.' and end in .tmp)."""
-    return join(root_uri(output, storage_options), table, "**", "*.parquet")
-
-
-def empty_table(table: str) -> pa.Table:
-    """A table with no rows and the columns a read of the files would give: schema, then partition columns."""
-    schema = TABLES[table]
-    for column in TABLE_PARTITIONS[table]:
-        schema = schema.append(PARTITION_SCHEMA.field(column))
-    return schema.empty_table()
-
-
 def connect(output: str, storage_options: dict[str, Any] | None = None,
             con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with a view per table of `pipeline.outputs.schema.TABLES` over the files under `output`."""
+    """A DuckDB connection with a view per table of `pipeline.outputs.schema.TABLES`: its current Delta snapshot."""
     fs, root = resolve(output, storage_options)
     if not fs.exists(root):  # a typo in the path is an error, not a set of empty tables
         raise FileNotFoundError(f"output {output!r} does not exist: give the --output folder or URI of `posepipe run`")
     con = con or duckdb.connect()
-    if not is_local(fs):
-        con.register_filesystem(fs)
     for table in TABLES:
-        files = fs.glob(join(root, table, "**", "*.parquet"))
-        if files:
-            hive_types = ", ".join(f"'{c}': {DUCKDB_TYPES[PARTITION_SCHEMA.field(c).type]}"
-                                   for c in TABLE_PARTITIONS[table])
-            glob = table_glob(output, table, storage_options).replace("'", "''")
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{glob}', "
-                        f"hive_partitioning = true, hive_types = {{{hive_types}}}, union_by_name = true)")
+        if table_exists(output, table, storage_options):
+            snapshot = open_table(output, table, storage_options)
+            con.register(f"_delta_{table}", snapshot.to_pyarrow_dataset())
+            logger.debug("view %s: version %d", table, snapshot.version())
         else:
-            con.register(f"_empty_{table}", empty_table(table))
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
-        logger.debug("view %s: %d files", table, len(files))
+            con.register(f"_delta_{table}", delta_schema(table).empty_table())
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _delta_{table}")
     return con
 
 
@@ -83,6 +56,8 @@ def query(output: str | duckdb.DuckDBPyConnection, sql: str, params: Sequence[An
 
 def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """One row per view: name, rows and columns, for `posepipe query --tables`."""
+    from pipeline.outputs.schema import TABLE_PARTITIONS
+
     rows = []
     for table in TABLES:
         columns = con.execute(f"DESCRIBE {table}").df()

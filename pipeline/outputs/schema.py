@@ -1,16 +1,19 @@
-"""Parquet schemas of the output tables: the one definition the writer, readers, README and tests share.
+"""Schemas of the output tables: the one definition the writer, readers, README and tests share.
 
-Layout under the output root (hive partitions, one file per video so a rerun replaces, never duplicates):
+Each table is a Delta Lake table in its own folder under the output root (`pipeline.outputs.tables`): Parquet files
+in hive partitions plus the `_delta_log/` that says which files hold the current rows.
 
-    frames/date=YYYY-MM-DD/source=NAME/<video_id>.parquet   one row per (video, frame, person)
-    tracks/date=YYYY-MM-DD/source=NAME/<video_id>.parquet   one row per (video, track)
-    errors/date=YYYY-MM-DD/source=NAME/<video_id>.parquet   one row per failed video stage
-    videos/date=YYYY-MM-DD/source=NAME/<run_id>.parquet     one row per listed video per run (any outcome)
-    runs/date=YYYY-MM-DD/<run_id>.parquet                   one row per run
+    frames/date=YYYY-MM-DD/source=NAME/part-*.parquet   one row per (video, frame, person)
+    tracks/date=YYYY-MM-DD/source=NAME/part-*.parquet   one row per (video, track)
+    errors/date=YYYY-MM-DD/source=NAME/part-*.parquet   one row per failed video (its latest run)
+    videos/date=YYYY-MM-DD/source=NAME/part-*.parquet   one row per processed video: its current state
+    runs/date=YYYY-MM-DD/part-*.parquet                 one row per run
 
-Keypoints are wide columns `<name>_x`, `<name>_y`, `<name>_score` (float32, original-image pixels, pixel centres at
-integer coordinates); a keypoint that was not found has null x/y and score 0. Wide columns keep every engine
-(pandas, DuckDB, Spark, Trino) on plain types; `pipeline.outputs.query.to_long` gives one row per keypoint.
+A video's rows in frames, tracks, errors and videos are always those of the run that last processed it (`videos.
+run_id`); the date partition is that run's. Keypoints are wide columns `<name>_x`, `<name>_y`, `<name>_score`
+(float32, original-image pixels, pixel centres at integer coordinates); a keypoint that was not found has null x/y and
+score 0. Wide columns keep every engine (pandas, DuckDB, Spark, Trino) on plain types;
+`pipeline.outputs.query.to_long` gives one row per keypoint.
 """
 
 from __future__ import annotations
@@ -82,17 +85,18 @@ ERRORS_SCHEMA = pa.schema(
     ]
 )
 
-VIDEOS_SCHEMA = pa.schema(  # every video a run listed, including those with nobody in them and those it skipped
+VIDEOS_SCHEMA = pa.schema(  # one row per processed video: the run whose rows the other tables hold, and its outcome
     _VIDEO_FIELDS
     + [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),     # ok | failed | skipped (unchanged since an earlier run)
-        pa.field("rows_run_id", pa.string()),                # the run whose rows `frames`/`tracks` hold for it:
-                                                             # this run, or for a skipped video the earlier one
-        pa.field("size_bytes", pa.int64(), nullable=False),
-        pa.field("frames", pa.int64()),                      # frames decoded (null when skipped)
-        pa.field("people", pa.int64()),                      # rows in `frames`
-        pa.field("tracks", pa.int64()),                      # rows in `tracks`
+        pa.field("run_id", pa.string(), nullable=False),     # the run that processed it last (its rows are that run's)
+        pa.field("status", pa.string(), nullable=False),     # ok | failed (a failed video is retried by every run)
+        pa.field("size_bytes", pa.int64(), nullable=False),  # the file as processed: size and version (ETag on
+        pa.field("version", pa.string(), nullable=False),    # object stores, else mtime); a change reprocesses it
+        pa.field("outputs_hash", pa.string(), nullable=False),  # the settings and model that shaped its rows
+        pa.field("processed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("frames", pa.int64(), nullable=False),      # frames decoded
+        pa.field("people", pa.int64(), nullable=False),      # rows in `frames`
+        pa.field("tracks", pa.int64(), nullable=False),      # rows in `tracks`
         pa.field("duration_s", pa.float64()),                # of the whole video; null when it did not open
         pa.field("fps", pa.float64()),
         pa.field("width", pa.int32()),                       # display size, pixels
@@ -115,13 +119,13 @@ RUNS_SCHEMA = pa.schema(
         pa.field("videos_listed", pa.int64(), nullable=False),
         pa.field("videos_ok", pa.int64(), nullable=False),
         pa.field("videos_failed", pa.int64(), nullable=False),
-        pa.field("videos_skipped", pa.int64(), nullable=False),  # unchanged since an earlier run
+        pa.field("videos_skipped", pa.int64(), nullable=False),  # unchanged since the run that processed them
         pa.field("frames", pa.int64(), nullable=False),
         pa.field("people", pa.int64(), nullable=False),
         pa.field("tracks", pa.int64(), nullable=False),
         pa.field("seconds", pa.float64(), nullable=False),                # wall time of the run
-        pa.field("startup_seconds", pa.float64(), nullable=False),        # until the first rows came back
-        pa.field("frames_per_second", pa.float64(), nullable=False),      # frames / (seconds - startup_seconds)
+        pa.field("startup_seconds", pa.float64(), nullable=False),        # until the first model was loaded
+        pa.field("frames_per_second", pa.float64()),    # frames / (seconds - startup_seconds); null under 5 s
     ]
 )
 

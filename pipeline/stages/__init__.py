@@ -1,2 +1,3 @@
-"""The stages of a run, in order: read (list videos), decode (CPU actors), infer (model actors), assemble
-(per video, on the driver), write (Parquet), with the manifest of incremental runs and the plan that wires them on Ray."""
+"""The stages of a run, in order: read (list videos, plan what is new), decode (CPU actors), infer (model actors),
+assemble (the driver indexes the streamed rows per video), write (workers track and write data files), commit (the
+driver commits them to the Delta tables in waves), with the plan that wires them on Ray."""

@@ -1,26 +1,36 @@
 """Assembly: gather the per-person rows of each video as they stream out of Ray, until the video is complete.
 
-Rows of one video arrive in any order and batch; a video is complete when its end marker has arrived and as many
-distinct frames as the marker counts. Rows are keyed by (frame, person), so a batch replayed after a worker retry
-overwrites instead of duplicating. Completed videos go to tracking in frame order, whole, so chunking and actor
-boundaries can never break or renumber a track.
+Rows of one video arrive in any order and block; a video is complete when its end marker has arrived and as many
+distinct frames as the marker counts. The work is split between the driver and the workers:
 
-Rows stay arrays on their way to Parquet: each batch's rows of a video are kept as column slices, joined and
-de-duplicated with numpy when the video completes, tracked, and written from the same arrays (`TrackedVideo`).
+- The driver (`PendingVideos`) reads only the small columns of each block of person rows (video, frame, end
+  marker) and keeps, per video, the references of the blocks that hold its rows; the rows stay in Ray's object store.
+- A worker (`collect_videos`, then `track`) gathers a complete video's rows from those blocks, keyed by (frame,
+  person) so that a batch replayed after a worker retry overwrites instead of duplicating, and tracks the whole
+  video in frame order, so chunking and actor boundaries can never break or renumber a track.
+
+Rows stay arrays on their way to Parquet: each block's rows of a video are kept as column slices, joined and
+de-duplicated with numpy, tracked, and written from the same arrays (`TrackedVideo`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.pose.keypoints import NUM_KEYPOINTS
 from pipeline.pose.tracking import TrackerConfig, track_video
 from pipeline.stages.batch import VideoHeader
 
-# the columns of a person row that the driver keeps (the batch's others describe the stream: ids, end markers)
+# the columns of a person row that a video's rows keep (the batch's others describe the stream: ids, end markers)
 PERSON_COLUMNS = ("frame_index", "timestamp_s", "width", "height", "person_index", "person_score", "keypoints")
+# what the driver reads of each block
+INDEX_COLUMNS = ("video_id", "frame_index", "is_end", "num_frames", "ready_at")
 
 
 @dataclass
@@ -32,6 +42,7 @@ class VideoRows:
     num_frames: int | None = None   # from the end marker
     error: str = ""                 # `stage|type|message` from the end marker, "" when clean
     header: VideoHeader = VideoHeader()  # from the end marker
+    ref: dict[str, Any] = field(default_factory=dict)  # the listed video, from the end marker
 
     @property
     def complete(self) -> bool:
@@ -45,6 +56,7 @@ class VideoRows:
             i = int(np.flatnonzero(end)[-1])
             self.num_frames, self.error = int(rows["num_frames"][i]), str(rows["error"][i])
             self.header = VideoHeader.of_marker(rows, i)
+            self.ref = json.loads(str(rows["ref"][i]))
         if not end.all():
             people = ~end
             self.chunks.append({key: rows[key][people] for key in PERSON_COLUMNS})
@@ -99,29 +111,81 @@ class TrackedVideo:
                    len(frames) if num_frames is None else num_frames)
 
 
-class VideoAssembler:
-    """Collects streamed rows per video; `add` returns the videos that just became complete.
+@dataclass
+class PendingVideo:
+    """What the driver knows of a video in flight: the blocks holding its rows, its distinct frames, its length."""
+    blocks: list = field(default_factory=list)           # Ray object references of blocks of person rows
+    frames: set[int] = field(default_factory=set)
+    num_frames: int | None = None                        # from the end marker
 
-    A retried Ray task (an actor that died and restarted) replays its batches: rows of a pending video overwrite
-    themselves, and rows of a video already returned are dropped, so a video is never returned twice.
+    @property
+    def complete(self) -> bool:
+        return self.num_frames is not None and len(self.frames) >= self.num_frames
+
+
+class PendingVideos:
+    """The driver's index of the person rows streaming out of Ray: `add` takes each block's reference and small
+    columns and returns the videos that just became complete, as (video_id, block references).
+
+    A retried Ray task replays its blocks: their frames are counted once, and blocks of a video already returned
+    are ignored, so a video is never returned twice (its writer keys rows by frame and person).
     """
 
     def __init__(self) -> None:
-        self.pending: dict[str, VideoRows] = {}
+        self.pending: dict[str, PendingVideo] = {}
         self.finished: set[str] = set()
+        self.ready_at: float | None = None   # when the first inference actor had its model loaded
 
-    def add(self, batch: dict[str, np.ndarray]) -> list[VideoRows]:
-        video_ids = batch["video_id"].astype(str)
-        touched = []
-        for video_id in np.unique(video_ids).tolist():
+    def add(self, block_ref: Any, index: pa.Table) -> tuple[int, list[tuple[str, list]]]:
+        """One block: its reference and its INDEX_COLUMNS. Returns (new distinct frames, complete videos)."""
+        if index.num_rows == 0:
+            return 0, []
+        if self.ready_at is None:
+            self.ready_at = float(pc.min(index["ready_at"]).as_py())
+        encoded = index["video_id"].combine_chunks().dictionary_encode()
+        codes, names = encoded.indices.to_numpy(), encoded.dictionary.to_pylist()
+        frame_index = index["frame_index"].to_numpy()
+        is_end = index["is_end"].to_numpy()
+        num_frames = index["num_frames"].to_numpy()
+        new_frames, done = 0, []
+        for code, video_id in enumerate(names):
             if video_id in self.finished:
                 continue
-            rows = video_ids == video_id
-            self.pending.setdefault(video_id, VideoRows(video_id)).add({key: batch[key][rows] for key in batch})
-            touched.append(video_id)
-        done = [self.pending.pop(v) for v in touched if self.pending[v].complete]
-        self.finished.update(video.video_id for video in done)
-        return done
+            mine = codes == code if len(names) > 1 else np.ones(len(codes), bool)
+            video = self.pending.setdefault(video_id, PendingVideo())
+            video.blocks.append(block_ref)
+            ends = np.flatnonzero(mine & is_end)
+            if len(ends):
+                video.num_frames = int(num_frames[ends[-1]])
+            before = len(video.frames)
+            video.frames.update(frame_index[mine & ~is_end].tolist())
+            new_frames += len(video.frames) - before
+            if video.complete:
+                done.append((video_id, self.pending.pop(video_id).blocks))
+                self.finished.add(video_id)
+        return new_frames, done
+
+    def take_incomplete(self) -> list[tuple[str, list]]:
+        """The videos still pending (a stage lost some of their rows): every block that arrived, to write what came."""
+        left = [(video_id, video.blocks) for video_id, video in self.pending.items()]
+        self.finished.update(self.pending)
+        self.pending.clear()
+        return left
+
+
+def collect_videos(blocks: Iterable[Any], video_ids: Iterable[str]) -> dict[str, VideoRows]:
+    """The rows of `video_ids` from blocks of person rows (Arrow tables or any Ray Data block), in a worker."""
+    from ray.data.block import BlockAccessor
+
+    wanted = set(video_ids)
+    videos = {video_id: VideoRows(video_id) for video_id in wanted}
+    for block in blocks:
+        rows = BlockAccessor.for_block(block).to_batch_format("numpy")
+        ids = rows["video_id"].astype(str)
+        for video_id in wanted.intersection(np.unique(ids).tolist()):
+            mine = ids == video_id
+            videos[video_id].add({key: value[mine] for key, value in rows.items()})
+    return videos
 
 
 def track(video: VideoRows, config: TrackerConfig) -> TrackedVideo:

@@ -1,14 +1,16 @@
 """The batches that travel between the stages, defined once: column names, dtypes and per-row shapes.
 
 A *frame batch* leaves the decode stage: one row per decoded frame (`image` letterboxed uint8), then one end marker
-row per video (`is_end`) that says how many frames it emitted, why it stopped early (`error`) and what the video is
-(display size, fps, duration). A *person batch* leaves the inference stage: one row per person found, a placeholder
-row (`person_index` -1) for a frame with nobody in it, and the end markers passed through; every column of a frame
-batch but `image` rides along.
+row per video (`is_end`) that says how many frames it emitted, why it stopped early (`error`), what the video is
+(display size, fps, duration) and which listed video it was (`ref`). A *person batch* leaves the inference stage: one
+row per person found, a placeholder row (`person_index` -1) for a frame with nobody in it, and the end markers passed
+through; every column of a frame batch but `image` rides along. Person batches stay in Ray's object store until a
+worker tracks and writes their videos (`pipeline.stages.write`); the driver reads only their small columns.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,7 @@ FRAME_COLUMNS: dict[str, tuple[Any, tuple]] = {
     "error": (object, ()),               # end marker: `stage|type|message`, "" when clean
     "fps": (np.float64, ()),             # end marker: the video's frame rate and duration
     "duration_s": (np.float64, ()),
+    "ref": (object, ()),                 # end marker: the listed video as JSON (uri, source, size, version...)
 }
 PASSTHROUGH = tuple(name for name in FRAME_COLUMNS if name != "image")   # what inference hands on unchanged
 PERSON_COLUMNS: dict[str, tuple[Any, tuple]] = {
@@ -39,6 +42,7 @@ PERSON_COLUMNS: dict[str, tuple[Any, tuple]] = {
     "person_index": (np.int32, ()),      # order within the frame; -1: a frame where nobody was found
     "person_score": (np.float32, ()),
     "keypoints": (np.float32, (NUM_KEYPOINTS, 3)),  # [x, y, score] in original-frame pixels, NaN where not found
+    "ready_at": (np.float64, ()),        # unix time the inference actor had its model loaded (start-up's end)
 }
 
 
@@ -85,14 +89,15 @@ class VideoHeader:
 
 
 def end_marker(video_id: str, size: int, num_frames: int, error: str = "",
-               header: VideoHeader = VideoHeader()) -> dict[str, np.ndarray]:
-    """The last row of a video's frame batches."""
+               header: VideoHeader = VideoHeader(), ref: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """The last row of a video's frame batches; `ref` is the listed video (`pipeline.stages.read`)."""
     batch = empty(FRAME_COLUMNS, 1, size)
     batch.update(video_id=np.array([video_id], dtype=object), frame_index=np.array([-1], np.int64),
                  is_end=np.ones(1, bool), num_frames=np.array([num_frames], np.int64),
                  error=np.array([error], dtype=object), width=np.array([header.width], np.int32),
                  height=np.array([header.height], np.int32), fps=np.array([header.fps]),
-                 duration_s=np.array([header.duration_s]))
+                 duration_s=np.array([header.duration_s]),
+                 ref=np.array([json.dumps(ref or {"video_id": video_id}, default=str)], dtype=object))
     return batch
 
 

@@ -160,7 +160,8 @@ class FrameDecoder:
 
     def __call__(self, refs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(refs["uri"])):
-            ref = {key: refs[key][i] for key in refs}
+            ref = {key: value.item() if isinstance(value, np.generic) else value
+                   for key, value in ((key, refs[key][i]) for key in refs)}
             yield from self.decode_video(ref)
 
     def decode_video(self, ref: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
@@ -187,7 +188,7 @@ class FrameDecoder:
             worker.cancel.set()  # also when Ray closes this generator early
         if error:
             logger.warning("video %s: %s", ref["uri"], error)
-        yield end_marker(ref["video_id"], self.size, emitted, error, worker.header)
+        yield end_marker(ref["video_id"], self.size, emitted, error, worker.header, ref)
 
     def give_up(self, worker: DecodeWorker, ref: dict[str, Any], emitted: int) -> str:
         worker.cancel.set()

@@ -10,6 +10,7 @@ Keypoints are mapped back to original image pixels here, so every later stage wo
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,6 @@ from pipeline.pose.letterbox import Letterbox
 from pipeline.stages.batch import PASSTHROUGH
 
 logger = logging.getLogger(__name__)
-
 
 
 def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarray, scores: np.ndarray,
@@ -63,6 +63,7 @@ class PoseEstimator:
                                            storage_options)
         if compile_model:
             self.model.compile()
+        self.ready_at = time.time()   # start-up ends here: Ray, the actor and its model are ready
         logger.info("%s pose model on %s (%s -> %s%s)", self.model.kind, self.device, precision,
                     str(self.model_dtype).removeprefix("torch."), ", flip test" * flip_test)
 
@@ -105,4 +106,5 @@ class PoseEstimator:
         out["person_index"] = np.concatenate(person_index) if person_index else np.zeros(0, np.int32)
         out["person_score"] = np.concatenate(person_score) if person_score else np.zeros(0, np.float32)
         out["keypoints"] = np.concatenate(keypoints) if keypoints else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
+        out["ready_at"] = np.full(len(sources), self.ready_at)
         return out

@@ -58,8 +58,10 @@ def native_stderr_to_devnull() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Pools:
-    """The actor pools of a run and what each actor reserves."""
-    decode: int                # decode actors
+    """The actor pools of a run and what each actor reserves. On a Ray cluster (`ray.address` set), a pool whose
+    size the config does not fix starts at its planned size and autoscales (`actor_pool`), so nodes that join during
+    a run get actors too; embedded Ray has fixed pools."""
+    decode: int                # decode actors (to start with, when autoscaling)
     infer: int                 # inference actors
     decode_cpus: float         # CPUs each decode actor reserves (`decode_cpus`)
     infer_gpus: float          # GPUs each inference actor reserves; 0: inference on CPU
@@ -150,27 +152,46 @@ def decode_cpus(decode: int, infer: int, config: RunConfig, cpus: float, gpus: f
     frames/s instead of 65). Decode actors then share the cores left, and the OS scheduler shares the time.
     Raises ConfigError when the inference actors alone take every CPU.
     """
-    left = cpus - (0.0 if gpus else infer * config.model.cpus_per_worker)
+    # the write tasks (tracking, Parquet) need a share as well: a task that found no free CPU would wait forever
+    left = cpus - (0.0 if gpus else infer * config.model.cpus_per_worker) - config.write.cpus
     if left <= 0:
         raise ConfigError(f"model.workers x model.cpus_per_worker = {infer} x {config.model.cpus_per_worker:g} CPUs "
                           f"take all {cpus:g} CPUs of the cluster and leave none to decode; lower them or add nodes")
     share = min(1.0, left / decode)
     if share < 1.0:
-        logger.warning("%d decode actors share %.2g CPUs (%.2g each) beside %d inference actors", decode, left,
+        logger.info("%d decode actors share %.2g CPUs (%.2g each) beside %d inference actors", decode, left,
                        share, infer)
     return share
 
 
-def build_dataset(refs: list[dict], config: RunConfig, input_size: int, topdown: bool = False,
-                  verbose: bool = True):
-    """The Ray Data plan: refs -> decoded frame batches -> per-person rows.
+def actor_pool(size: int, fixed: bool):
+    """A pool of `size` actors, or one that starts at `size` and autoscales (at least 1, at most what the cluster's
+    free resources hold), so that nodes joining during the run get actors."""
+    from ray.data import ActorPoolStrategy
+
+    return ActorPoolStrategy(size=size) if fixed else ActorPoolStrategy(min_size=1, max_size=None,
+                                                                         initial_size=size)
+
+
+def reference_blocks(refs, decode_actors: int) -> list:
+    """The listed videos cut into blocks for the decode actors: a few blocks per actor, so that every actor has work
+    and an autoscaled one finds some, at most REFS_PER_BLOCK videos each (a block is what a retry replays)."""
+    n = refs.num_rows
+    per_block = max(1, min(REFS_PER_BLOCK, -(-n // (4 * max(1, decode_actors)))))
+    return [refs.slice(start, per_block) for start in range(0, n, per_block)]
+
+
+REFS_PER_BLOCK = 64
+
+
+def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = False, verbose: bool = True):
+    """The Ray Data plan: refs (an Arrow table of listed videos) -> decoded frame batches -> per-person rows.
 
     A top-down model gets whole decoded batches (one video's consecutive frames, starting at a multiple of
     `decode.batch_size`): it follows people from frame to frame within a batch, so batches Ray cut elsewhere would
     move where its detector runs, and the same video would not always give the same rows.
     """
     import ray
-    from ray.data import ActorPoolStrategy
 
     from pipeline.stages.decode import FrameDecoder
     from pipeline.stages.infer import PoseEstimator
@@ -180,12 +201,13 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int, topdown:
                 pools.decode, pools.decode_cpus, pools.decode_memory / 2**30, pools.infer, pools.infer_gpus,
                 pools.infer_memory / 2**30)
     # Fault tolerance: a dead actor always restarts and its batch is retried `max_task_retries` times (replayed
-    # rows overwrite, see VideoAssembler); a batch that fails every retry is dropped and its videos get error rows.
+    # rows overwrite, see pipeline.stages.assemble); a batch that fails every retry is dropped and its videos get
+    # error rows.
     retries = dict(max_restarts=-1, max_task_retries=config.ray.max_task_retries)
     # Ray 2.60 names no parameter for these two, only the deprecated remote-args kwargs; tests/test_faults.py
     # kills actors mid-run, so a Ray that drops them fails there.
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-    ds = ray.data.from_items(refs, override_num_blocks=max(1, len(refs)))
+    ds = ray.data.from_arrow(reference_blocks(refs, pools.decode))
     ds.context.max_errored_blocks = config.ray.max_failed_batches
     if not verbose:  # posepipe's own progress bar replaces Ray Data's bars and its periodic log lines
         ds.context.enable_progress_bars = False
@@ -202,8 +224,12 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int, topdown:
         limit = config.ray.buffered_batches * (pools.decode + pools.infer) * batch * frame_bytes
         limits = ds.context.execution_options.resource_limits
         ds.context.execution_options.resource_limits = limits.copy(object_store_memory=limit)
+    # Pools autoscale on a cluster, which can grow; Ray embedded in this process cannot, and there a pool that grew
+    # into the CPUs another stage just freed would oversubscribe them (torch threads are set per actor at start).
+    grows = config.ray.address is not None
     ds = ds.map_batches(
-        FrameDecoder, batch_size=1, compute=ActorPoolStrategy(size=pools.decode), num_cpus=pools.decode_cpus,
+        FrameDecoder, batch_size=1, compute=actor_pool(pools.decode, config.decode.workers is not None or not grows),
+        num_cpus=pools.decode_cpus,
         memory=pools.decode_memory, **retries,
         fn_constructor_kwargs=dict(size=input_size, every_nth=config.decode.every_nth, fps=config.decode.fps,
                                    max_frames=config.decode.max_frames, batch_size=config.decode.batch_size,
@@ -211,7 +237,7 @@ def build_dataset(refs: list[dict], config: RunConfig, input_size: int, topdown:
                                    cache_dir=config.decode.cache_dir, timeout_s=config.decode.timeout_s))
     ds = ds.map_batches(
         PoseEstimator, batch_size=None if topdown else config.model.batch_size,
-        compute=ActorPoolStrategy(size=pools.infer),
+        compute=actor_pool(pools.infer, config.model.workers is not None or not grows),
         num_gpus=pools.infer_gpus, num_cpus=0 if pools.infer_gpus else config.model.cpus_per_worker,
         memory=pools.infer_memory, **retries,
         fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,

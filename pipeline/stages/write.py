@@ -1,34 +1,41 @@
-"""Write stage: tracked videos -> Arrow tables (schemas from `pipeline.outputs.schema`) -> hive-partitioned Parquet.
+"""Write stage, in Ray workers: complete videos' rows -> tracked -> Arrow tables (schemas from
+`pipeline.outputs.schema`) -> Parquet data files of the Delta tables, for the driver to commit.
 
-Every table file is named by its video (or run) and written atomically, so a rerun replaces instead of duplicating
-and a crash never leaves half a file. Partition values are directory names only (`date=.../source=...`).
+`write_wave` is the remote task: it gathers a wave of complete videos from the object-store blocks that hold their
+rows, tracks each one whole, builds its frames, tracks, errors and videos rows, and writes them as one file per
+table and partition (`pipeline.outputs.tables.write_files`). It returns the files and each video's counts; the
+driver's commit makes the files visible (`pipeline.stages.commit`). A retried task writes new files; the files of a
+failed attempt are never committed, and vacuuming removes them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.outputs.schema import (
     ERRORS_SCHEMA,
     FRAMES_SCHEMA,
     KEYPOINT_COLUMNS,
+    PARTITION_SCHEMA,
     RUNS_SCHEMA,
     TRACKS_SCHEMA,
     VIDEOS_SCHEMA,
 )
+from pipeline.outputs.tables import Changes, DataFile, TableCommitter, replace_files, write_files
 from pipeline.pose.keypoints import NUM_KEYPOINTS
-from pipeline.pose.tracking import UNTRACKED, box_from_keypoints
-from pipeline.stages.assemble import TrackedVideo
-from pipeline.storage import join, resolve, write_parquet_atomic
+from pipeline.pose.tracking import UNTRACKED, TrackerConfig, box_from_keypoints
+from pipeline.stages.assemble import TrackedVideo, VideoRows, collect_videos, track
+from pipeline.stages.batch import VideoHeader
 
-
-def partition_path(root: str, table: str, date: str, source: str | None, name: str) -> str:
-    parts = [table, f"date={date}"] + ([f"source={source}"] if source is not None else []) + [f"{name}.parquet"]
-    return join(root, *parts)
+VIDEO_TABLES = ("frames", "tracks", "errors", "videos")   # the tables a wave writes, in commit order: the videos
+                                                          # table (what later runs read as done) last
 
 
 def frames_table(ref: dict[str, Any], video: TrackedVideo) -> pa.Table:
@@ -106,36 +113,141 @@ def error_table(ref: dict[str, Any], run_id: str, error: str, frames_ok: int) ->
     }], schema=ERRORS_SCHEMA)
 
 
-class OutputWriter:
-    """Writes the tables of one run under an output root (local folder or URI)."""
+def readable_error(error: str) -> str:
+    """`stage|type|message` as people read it: `stage: type: message`."""
+    return error.replace("|", ": ", 2)
 
-    def __init__(self, output: str, date: str, storage_options: dict[str, Any] | None = None):
-        self.date = date
-        self.fs, self.root = resolve(output, storage_options)
 
-    def path(self, table: str, name: str, source: str | None) -> str:
-        return partition_path(self.root, table, self.date, source, name)
+def video_table(ref: dict[str, Any], run_id: str, outputs_hash: str, header: VideoHeader, error: str,
+                frames: int, people: int, tracks: int) -> pa.Table:
+    """The one videos row of a processed video: the run that wrote its rows, the file it read, what came out."""
+    return pa.Table.from_pylist([{
+        "video_id": ref["video_id"], "uri": ref["uri"], "run_id": run_id, "status": "failed" if error else "ok",
+        "size_bytes": int(ref.get("size") or 0), "version": str(ref.get("version") or ""),
+        "outputs_hash": outputs_hash, "processed_at": dt.datetime.now(dt.timezone.utc),
+        "frames": frames, "people": people, "tracks": tracks,
+        "duration_s": header.duration_s if header.opened else None, "fps": header.fps if header.opened else None,
+        "width": header.width or None, "height": header.height or None,
+        "error": readable_error(error) if error else None,
+    }], schema=VIDEOS_SCHEMA)
 
-    def write_video(self, ref: dict[str, Any], video: TrackedVideo) -> tuple[pa.Table, pa.Table]:
-        frames_tbl = frames_table(ref, video)
-        tracks_tbl = tracks_table(ref, video)
-        write_parquet_atomic(self.fs, self.path("frames", ref["video_id"], ref["source"]), frames_tbl)
-        write_parquet_atomic(self.fs, self.path("tracks", ref["video_id"], ref["source"]), tracks_tbl)
-        return frames_tbl, tracks_tbl
 
-    def write_error(self, ref: dict[str, Any], run_id: str, error: str, frames_ok: int) -> None:
-        write_parquet_atomic(self.fs, self.path("errors", ref["video_id"], ref["source"]),
-                             error_table(ref, run_id, error, frames_ok))
+def video_tables(ref: dict[str, Any], tracked: TrackedVideo, run_id: str, outputs_hash: str,
+                 header: VideoHeader = VideoHeader(), error: str = "") -> dict[str, pa.Table]:
+    """Every table's rows of one tracked video (a video that never decoded has only its errors and videos rows)."""
+    frames, tracks = frames_table(ref, tracked), tracks_table(ref, tracked)
+    tables = {"frames": frames, "tracks": tracks,
+              "videos": video_table(ref, run_id, outputs_hash, header, error, tracked.num_frames, frames.num_rows,
+                                    tracks.num_rows)}
+    tables["errors"] = error_table(ref, run_id, error, tracked.num_frames) if error else ERRORS_SCHEMA.empty_table()
+    return tables
 
-    def write_videos(self, run_id: str, rows: list[dict[str, Any]]) -> None:
-        """The `videos` rows of a run (VIDEOS_SCHEMA columns plus `source`), one file per source."""
-        by_source: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_source.setdefault(row["source"], []).append(row)
-        for source, part in sorted(by_source.items()):
-            write_parquet_atomic(self.fs, self.path("videos", run_id, source),
-                                 pa.Table.from_pylist(part, schema=VIDEOS_SCHEMA))
 
-    def write_run(self, row: dict[str, Any]) -> None:
-        write_parquet_atomic(self.fs, self.path("runs", row["run_id"], None),
-                             pa.Table.from_pylist([row], schema=RUNS_SCHEMA))
+def with_partitions(table: pa.Table, date: dt.date, source: str) -> pa.Table:
+    n = table.num_rows
+    return (table.append_column(PARTITION_SCHEMA.field("date"), pa.array([date] * n, pa.date32()))
+            .append_column(PARTITION_SCHEMA.field("source"), pa.array([source] * n, pa.string())))
+
+
+@dataclass(frozen=True)
+class WaveContext:
+    """What every wave of a run shares."""
+    output: str
+    run_id: str
+    date: dt.date                       # the run's partition date
+    outputs_hash: str                   # `pipeline.stages.incremental.outputs_hash` of the run's settings
+    tracking: TrackerConfig = TrackerConfig()
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WaveVideo:
+    """A video of a wave, as the driver hands it over."""
+    video_id: str
+    replace: bool = False               # earlier rows may exist: the commit removes them
+    error: str = ""                     # why its rows are incomplete (`stage|type|message`), when the driver knows
+    ref: dict[str, Any] | None = None   # the listed video, for one whose end marker never came (else from it)
+
+
+@dataclass(frozen=True)
+class VideoOutcome:
+    """What a wave did with one video: the counts the run's summary adds up."""
+    video_id: str
+    uri: str
+    frames: int
+    people: int
+    tracks: int
+    error: str                          # `stage|type|message`, "" when clean
+
+
+@dataclass
+class WaveResult:
+    changes: dict[str, Changes]         # per table of VIDEO_TABLES: files written, the wave's videos
+    outcomes: list[VideoOutcome]
+    seconds: float                      # the task's own time: tracking and writing
+
+
+def write_tables(context: WaveContext, per_video: list[tuple[dict[str, Any], dict[str, pa.Table]]],
+                 replace: set[str]) -> dict[str, Changes]:
+    """Write the rows of a wave's videos (`video_tables` of each) as data files: one per table and partition, rows
+    in video, frame and person order. Returns each table's Changes."""
+    changes = {}
+    video_ids = {ref["video_id"] for ref, _ in per_video}
+    for name in VIDEO_TABLES:
+        parts = [with_partitions(tables[name], context.date, ref["source"]) for ref, tables in per_video
+                 if tables[name].num_rows]
+        files: list[DataFile] = []
+        if parts:
+            table = pa.concat_tables(parts)
+            keys = [("source", "ascending"), ("video_id", "ascending")]
+            if name == "frames":
+                keys += [("frame_index", "ascending"), ("person_index", "ascending")]
+            table = table.take(pc.sort_indices(table, sort_keys=keys))
+            files = write_files(context.output, name, table, context.run_id, context.storage_options)
+        changes[name] = Changes(files, set(video_ids), replace & video_ids)
+    return changes
+
+
+def write_wave(context: WaveContext, videos: list[WaveVideo], *blocks: Any) -> WaveResult:
+    """The Ray task of a wave: gather, track and write `videos` from the blocks of person rows that hold them."""
+    started = time.perf_counter()
+    rows = collect_videos(blocks, [v.video_id for v in videos])
+    per_video, outcomes = [], []
+    for wave_video in videos:
+        video: VideoRows = rows[wave_video.video_id]
+        ref = video.ref if video.ref.get("uri") else dict(wave_video.ref or {})
+        error = video.error or wave_video.error
+        tracked = track(video, context.tracking)
+        tables = video_tables(ref, tracked, context.run_id, context.outputs_hash, video.header, error)
+        per_video.append((ref, tables))
+        outcomes.append(VideoOutcome(ref["video_id"], ref["uri"], tracked.num_frames, tables["frames"].num_rows,
+                                     tables["tracks"].num_rows, error))
+    changes = write_tables(context, per_video, {v.video_id for v in videos if v.replace})
+    return WaveResult(changes, outcomes, time.perf_counter() - started)
+
+
+def write_videos_now(context: WaveContext, videos: list[tuple[dict[str, Any], TrackedVideo]],
+                     errors: dict[str, str] | None = None, headers: dict[str, VideoHeader] | None = None) -> None:
+    """Write and commit tracked videos in this process, replacing their earlier rows: for tools and tests that
+    make an output without running the pipeline (one commit per table, as a wave of a run). `errors` and `headers`
+    are by video id."""
+    errors, headers = errors or {}, headers or {}
+    per_video = [(ref, video_tables(ref, tracked, context.run_id, context.outputs_hash,
+                                    headers.get(ref["video_id"], VideoHeader()), errors.get(ref["video_id"], "")))
+                 for ref, tracked in videos]
+    changes = write_tables(context, per_video, {ref["video_id"] for ref, _ in videos})
+
+    def replace(name: str, video_ids: list[str], version: int):
+        return replace_files(context.output, name, video_ids, context.run_id, version, context.storage_options)
+
+    for name in VIDEO_TABLES:
+        TableCommitter(context.output, name, context.run_id, context.storage_options, replace).commit(changes[name])
+
+
+def write_run_row(context: WaveContext, row: dict[str, Any]) -> None:
+    """The run's one row of the runs table, written and committed from the driver (one small file per run)."""
+    table = pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
+    table = table.append_column(PARTITION_SCHEMA.field("date"), pa.array([context.date], pa.date32()))
+    files = write_files(context.output, "runs", table, context.run_id, context.storage_options)
+    TableCommitter(context.output, "runs", context.run_id, context.storage_options,
+                   lambda *args: None).commit(Changes(files))  # type: ignore[arg-type, return-value]
