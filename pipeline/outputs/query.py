@@ -1,11 +1,12 @@
 """Query the output tables of posepipe runs (frames, tracks, videos, errors, runs) with DuckDB.
 
-Each view is the current snapshot of a Delta table, read through `deltalake` (`DeltaTable.to_pyarrow_dataset`): only
-the files its log names, so a query never sees a file a run wrote and did not commit, nor one a later run replaced.
-DuckDB scans the Arrow dataset with the query's column selection and filters pushed down, through delta-rs's own
-object-store client, so no DuckDB extension (delta, httpfs) has to be downloaded, and a local folder, s3://, gs:// or
-az:// root all work the same. A table that does not exist yet is an empty view with the schema's columns, so a query
-never fails because a run happened to have no errors.
+Each view is the current snapshot of a Delta table: `deltalake` reads the table's log and names the files of its
+current version, and DuckDB's own Parquet reader scans exactly those files (partition columns from their hive
+paths), with the query's column selection, filters and row-group statistics. A query therefore never sees a file a
+run wrote and did not commit, nor one a later run replaced, and it runs as fast as over plain files. Remote roots
+are read through the run's fsspec filesystem, registered with DuckDB, so no DuckDB extension (delta, httpfs) has to
+be downloaded. A table that does not exist yet, or has no rows, is an empty view with the schema's columns, so a
+query never fails because a run happened to have no errors.
 
 Views are bound when `connect` is called: rows committed later show up on the next `connect`.
 """
@@ -19,10 +20,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from pipeline.outputs.schema import TABLES
+from pipeline.outputs.schema import TABLE_PARTITIONS, TABLES
 from pipeline.outputs.tables import delta_schema, open_table, table_exists
 from pipeline.pose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
-from pipeline.storage import resolve
+from pipeline.storage import is_local, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +37,26 @@ def connect(output: str, storage_options: dict[str, Any] | None = None,
     if not fs.exists(root):  # a typo in the path is an error, not a set of empty tables
         raise FileNotFoundError(f"output {output!r} does not exist: give the --output folder or URI of `posepipe run`")
     con = con or duckdb.connect()
+    if not is_local(fs):
+        con.register_filesystem(fs)
     for table in TABLES:
+        files = []
         if table_exists(output, table, storage_options):
             snapshot = open_table(output, table, storage_options)
-            con.register(f"_delta_{table}", snapshot.to_pyarrow_dataset())
-            logger.debug("view %s: version %d", table, snapshot.version())
+            files = snapshot.file_uris()
+            logger.debug("view %s: version %d, %d files", table, snapshot.version(), len(files))
+        if files:
+            types = ", ".join(f"'{c}': {DUCKDB_PARTITION_TYPES[c]}" for c in TABLE_PARTITIONS[table])
+            listed = ", ".join("'" + uri.replace("'", "''") + "'" for uri in files)
+            source = f"read_parquet([{listed}], hive_partitioning = true, hive_types = {{{types}}})"
         else:
-            con.register(f"_delta_{table}", delta_schema(table).empty_table())
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _delta_{table}")
+            con.register(f"_empty_{table}", delta_schema(table).empty_table())
+            source = f"_empty_{table}"
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {source}")
     return con
+
+
+DUCKDB_PARTITION_TYPES = {"date": "DATE", "source": "VARCHAR"}   # else a source named 01 would read as 1
 
 
 def query(output: str | duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None,
@@ -56,8 +68,6 @@ def query(output: str | duckdb.DuckDBPyConnection, sql: str, params: Sequence[An
 
 def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """One row per view: name, rows and columns, for `posepipe query --tables`."""
-    from pipeline.outputs.schema import TABLE_PARTITIONS
-
     rows = []
     for table in TABLES:
         columns = con.execute(f"DESCRIBE {table}").df()
