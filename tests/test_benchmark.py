@@ -143,3 +143,23 @@ def test_topdown_net_rows_time_each_net_in_torch_and_litert():
     for row in rows:
         assert row.frames >= 3 and row.frames_per_s > 0 and row.extra["ms_per_input"] > 0
         assert ("float32" in row.config) and ("1 thr" in row.config)
+
+
+@pytest.mark.slow
+def test_scale_benchmark_writes_every_row(ray_local, tiny_checkpoint, cache, tmp_path):
+    from jobs.benchmark.scale import main as scale_main
+
+    out = tmp_path / "scale"
+    code = scale_main(["--videos", "6", "--frames", "2", "--checkpoint", tiny_checkpoint, "--driver-batch-sizes", "4",
+                       "--driver-videos", "2", "--driver-seconds", "0.3", "--query-videos", "300",
+                       "--rows-per-video", "6", "--planning-videos", "3000", "--cache-dir", str(cache),
+                       "--out", str(out)])
+    assert code == 0
+    rows = {row["row"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert list(rows) == ["many videos 6", "rerun 6", "driver cost, decode.batch_size 4", "query", "planning"]
+    assert rows["many videos 6"]["frames"] == 12 and rows["many videos 6"]["files"]["videos"] == 6   # 6 sources
+    assert rows["rerun 6"]["skipped"] == 6 and rows["rerun 6"]["commits"] == 0
+    assert [run["frames"] for run in rows["driver cost, decode.batch_size 4"]["runs"]] == [18, 18]
+    assert rows["query"]["rows"] == 300 * 6 and set(rows["query"]["timings"]) == {"count", "group"}
+    assert (rows["planning"]["todo"], rows["planning"]["skipped"]) == (1000, 3000)
+    assert "| planning |" in out.with_suffix(".md").read_text()

@@ -1,7 +1,8 @@
 """Memory and CPU of a Ray job's process tree, sampled while it runs: what `posepipe benchmark` reports per role.
 
-Roles come from Ray's process titles (`ray::MapWorker(MapBatches(PoseEstimator))`, `ray::IDLE`, ...): infer,
-decode, driver, and ray (Ray's node processes and idle workers).
+Roles come from Ray's process titles (`ray::MapWorker(MapBatches(PoseEstimator))`, `ray::write_wave`, `ray::IDLE`,
+...): infer, decode, write (tracking, Parquet, compaction tasks), driver, and ray (Ray's node processes and idle
+workers).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def process_role(cmdline: list[str]) -> str | None:
     title = " ".join(cmdline)
     if not title.startswith("ray::") or title.startswith(RAY_AGENTS):
         return None
-    for role in ("FrameDecoder", "PoseEstimator", "IDLE"):
+    for role in ("FrameDecoder", "PoseEstimator", "write_wave", "replace_files", "compact", "IDLE"):
         if role in title:
             return role
     return "other"
@@ -95,8 +96,8 @@ def read_cpu_wait(pid: int) -> float | None:
     return total
 
 
-ROLES = {"PoseEstimator": "infer", "FrameDecoder": "decode", "driver": "driver", "IDLE": "ray", "other": "ray",
-         "node": "ray"}
+ROLES = {"PoseEstimator": "infer", "FrameDecoder": "decode", "write_wave": "write", "replace_files": "write",
+         "compact": "write", "driver": "driver", "IDLE": "ray", "other": "ray", "node": "ray"}
 
 
 class ResourceSampler:
@@ -204,5 +205,5 @@ def format_cpu(cpu: dict[str, dict[str, float]], frames: int) -> str:
     """`CPU ms/frame: infer 48, decode 3, driver 2, ray 4, all 57` for the note column."""
     if not cpu or frames <= 0:
         return ""
-    order = [k for k in ("infer", "decode", "driver", "ray", "all") if k in cpu]
+    order = [k for k in ("infer", "decode", "write", "driver", "ray", "all") if k in cpu]
     return "CPU ms/frame: " + ", ".join(f"{k} {1e3 * cpu[k]['cpu_s'] / frames:.1f}" for k in order)
