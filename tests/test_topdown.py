@@ -183,7 +183,7 @@ def test_compiled_nets_find_the_same_people(tmp_path, monkeypatch):
     """model.compile: torch.compile on both nets gives the eager model's people (to rounding).
 
     A fresh inductor cache: its FX graph cache is keyed without the vector ISA, so a run under
-    ATEN_CPU_CAPABILITY=default reused AVX2 kernels from an earlier run and failed to compile them."""
+    ATEN_CPU_CAPABILITY=default reused vectorized kernels from an earlier run and failed to compile them."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     image = read_photo("astronaut.png")
     frames, _ = frames_of([image, image[:, ::-1].copy()])

@@ -35,18 +35,13 @@ INDEX_COLUMNS = ("video_id", "frame_index", "is_end", "num_frames", "ready_at")
 
 @dataclass
 class VideoRows:
-    """The rows of one video received so far."""
+    """The rows of one video, gathered by a worker from the blocks the driver found complete (`PendingVideos`)."""
     video_id: str
     chunks: list[dict[str, np.ndarray]] = field(default_factory=list)  # PERSON_COLUMNS slices, in arrival order
-    frame_indices: set[int] = field(default_factory=set)  # distinct frames received (a frame's rows come together)
     num_frames: int | None = None   # from the end marker
     error: str = ""                 # `stage|type|message` from the end marker, "" when clean
     header: VideoHeader = VideoHeader()  # from the end marker
     ref: dict[str, Any] = field(default_factory=dict)  # the listed video, from the end marker
-
-    @property
-    def complete(self) -> bool:
-        return self.num_frames is not None and len(self.frame_indices) >= self.num_frames
 
     def add(self, rows: dict[str, np.ndarray]) -> None:
         """Rows of this video from one batch: person rows (person_index -1: a frame where nobody was found) and
@@ -60,7 +55,6 @@ class VideoRows:
         if not end.all():
             people = ~end
             self.chunks.append({key: rows[key][people] for key in PERSON_COLUMNS})
-            self.frame_indices.update(np.unique(rows["frame_index"][people]).tolist())
 
     def rows(self) -> dict[str, np.ndarray]:
         """Every row once, sorted by frame then person; of a row that arrived twice (a replayed batch), the last."""
