@@ -156,7 +156,7 @@ def config_hash(config: BaseModel) -> str:
 import datetime  # noqa: E402  (kept beside the job config it serves)
 from typing import Literal  # noqa: E402
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt  # noqa: E402
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator  # noqa: E402
 
 from pipeline.models.blazepose.topdown import TopDownConfig  # noqa: E402
 from pipeline.pose.grouping import GroupingConfig  # noqa: E402
@@ -190,6 +190,9 @@ class ModelSettings(StrictModel):
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # autocast dtype; auto: fp32 for top-down models
                                                  # (bf16 loses them accuracy), and for the bottom-up net bf16 where
                                                  # the device runs it natively (GPUs, AMX/AVX512-BF16 CPUs)
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"  # what runs a top-down model's nets; auto: ONNX
+                                                 # Runtime for fp32 on a CPU (faster there, docs/performance.md),
+                                                 # torch on GPUs, in bf16/fp16 and compiled
     batch_size: PositiveInt = 16                 # frames per forward pass (bottom-up; a top-down model takes each
                                                  # decoded batch whole, decode.batch_size frames)
     compile: bool = False                        # torch.compile the nets in each inference actor: about a minute of
@@ -205,6 +208,14 @@ class ModelSettings(StrictModel):
     cpus_per_worker: PositiveFloat = 1.0         # CPUs reserved by each inference actor
     memory_gb: PositiveFloat | None = None       # memory reserved per inference actor (Ray `memory`); None:
                                                  # estimated for the model kind (pipeline.stages.plan)
+
+    @model_validator(mode="after")
+    def onnxruntime_runs_fp32_on_cpus(self):
+        if self.runtime == "onnxruntime" and (self.device == "cuda" or self.precision in ("bf16", "fp16")
+                                               or self.compile):
+            raise ValueError("model.runtime=onnxruntime runs fp32 nets on a CPU without model.compile; use "
+                             "model.runtime=torch (or auto) with model.device=cuda, bf16/fp16 or model.compile")
+        return self
 
 
 class WriteSettings(StrictModel):

@@ -102,6 +102,48 @@ def test_landmark_nets_match_litert_on_real_photos(graphs, variant, name):
     assert abs(presence - float(expected["Identity_1"].reshape(()))) < PRESENCE_TOLERANCE and presence > 0.5
 
 
+@pytest.mark.parametrize("variant", ["detector", *VARIANTS])
+def test_onnx_runtime_nets_match_litert_on_real_photos(graphs, variant, tmp_path):
+    """The CPU runtime (the torch modules exported to ONNX, batch dynamic) holds the same tolerances against LiteRT,
+    for a batch of two photos; the second construction reads the exported graph from the cache."""
+    from pipeline.models.onnx_net import OnnxNet
+
+    size = 224 if variant == "detector" else 256
+    module = weights.convert_detector(graphs["detector"]) if variant == "detector" \
+        else weights.convert_landmarks(graphs[variant], variant)
+    scale = (127.5, -1.0) if variant == "detector" else (255.0, 0.0)
+    x = np.stack([photo(name, size).astype(np.float32) / scale[0] + scale[1] for name in ("astronaut.png",
+                                                                                        "camera.png")])
+    OnnxNet(module, (3, size, size), threads=2, cache=tmp_path)
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    net = OnnxNet(module, (3, size, size), threads=2, cache=tmp_path)
+    out = net(torch.from_numpy(x).permute(0, 3, 1, 2))
+    for i in range(2):
+        expected = litert(graphs["detector" if variant == "detector" else variant], x[i:i + 1])
+        if variant == "detector":
+            assert_relative(out[0][i], expected["Identity_1"])
+            assert_relative(out[1][i], expected["Identity"])
+            continue
+        xy_error = np.abs(out["landmarks"][i].numpy().reshape(1, -1) - expected["Identity"]).reshape(39, 5)[:, :2]
+        assert xy_error.max() < LANDMARK_TOLERANCE_PX, f"landmarks {xy_error.max():.4f} px from LiteRT's"
+        assert_relative(out["heatmaps"][i].permute(1, 2, 0), expected["Identity_3"])
+        assert abs(float(out["presence"][i]) - float(expected["Identity_1"].reshape(()))) < PRESENCE_TOLERANCE
+
+
+def test_the_runtime_is_picked_by_device_precision_and_compile():
+    from pipeline.models.runtime import pick_runtime
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_runtime("auto", cpu, None) == "onnxruntime"
+    assert pick_runtime("auto", cpu, torch.bfloat16) == pick_runtime("auto", cuda, None) == "torch"
+    assert pick_runtime("auto", cpu, None, compile_model=True) == "torch"
+    assert pick_runtime("torch", cpu, None) == "torch"
+    with pytest.raises(ValueError, match="model.runtime=onnxruntime runs fp32 nets on a CPU"):
+        pick_runtime("onnxruntime", cuda, None)
+    with pytest.raises(ValueError, match="expected model.runtime"):
+        pick_runtime("tensorrt", cpu, None)
+
+
 def test_another_models_graph_is_refused_naming_what_was_expected(graphs):
     with pytest.raises(weights.WeightsError, match="not the BlazePose landmark net heavy"):
         weights.convert_landmarks(graphs["detector"], "heavy")
@@ -237,6 +279,31 @@ def test_crops_and_their_points_map_back_to_the_frame():
     assert torch.linalg.vector_norm(back - torch.tensor([180.5, 120.5])) < 1.5  # corner coordinates of the dot
     up = crop_to_frame(roi, torch.tensor([[[0.5, 0.0]]]))[0, 0]                 # crop top centre: the end point's side
     assert torch.linalg.vector_norm(up - torch.tensor([190.5, 70.5])) < 51
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_both_crop_samplers_match_torchs_grid_sample(padding_mode):
+    """OpenCV's warps (the CPU path) and the one-gather sampler (the GPU path, run here on the CPU) cut the same
+    crops as grid_sample(align_corners=False): within OpenCV's uint8 rounding, and within float rounding."""
+    from pipeline.models.blazepose.roi import gather_rois, warp_rois
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (3, 45, 80, 3), dtype=np.uint8)
+    frames = torch.from_numpy(np.ascontiguousarray(blocks.repeat(8, 1).repeat(8, 2)))     # (3, 360, 640, 3)
+    rois = torch.tensor([[0, 100.3, 50.7, 200, 0.3], [1, 600, 340, 300, -2.0], [2, 320, 180, 90, 3.1],
+                         [0, 5, 5, 400, 0.0]])
+    expected = []
+    for f, cx, cy, side, angle in rois.tolist():
+        cos, sin, (h, w) = math.cos(angle), math.sin(angle), frames.shape[1:3]
+        theta = torch.tensor([[[side * cos / w, -side * sin / w, 2 * cx / w - 1],
+                               [side * sin / h, side * cos / h, 2 * cy / h - 1]]])
+        grid = torch.nn.functional.affine_grid(theta, [1, 3, 64, 64], align_corners=False)
+        image = frames[int(f)].permute(2, 0, 1).float()[None]
+        expected.append(torch.nn.functional.grid_sample(image, grid, padding_mode=padding_mode, align_corners=False))
+    expected = torch.cat(expected)
+    assert (warp_rois(frames, rois, 64, padding_mode) - expected).abs().max() <= 0.52
+    assert (gather_rois(frames, rois, 64, padding_mode) - expected).abs().max() < 0.05
+    assert torch.equal(sample_rois(frames, rois, 64, padding_mode), warp_rois(frames, rois, 64, padding_mode))
 
 
 def test_heatmap_refinement_moves_a_landmark_to_the_heatmap_peak():

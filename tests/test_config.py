@@ -23,11 +23,17 @@ def test_defaults_and_overrides_apply():
     ("decode.zzz=1", "decode.zzz: unknown key (valid keys here: every_nth, fps,"),
     ("write.date=yesterday", "write.date"),
     ("nonsense", "key=value"),
+    ("model.runtime=tflite", "model.runtime"),
 ])
 def test_bad_values_name_the_key_on_one_line(override, needle):
     with pytest.raises(ConfigError) as info:
         load_config(RunConfig, None, [override])
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_onnxruntime_is_refused_where_it_does_not_run():
+    with pytest.raises(ConfigError, match="model.runtime=onnxruntime runs fp32 nets on a CPU"):
+        load_config(RunConfig, None, ["model.runtime=onnxruntime", "model.precision=bf16"])
 
 
 def test_missing_config_file(tmp_path):

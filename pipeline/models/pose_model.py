@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.models.blazepose.detector import INPUT_SIZE as DETECTOR_INPUT_SIZE
+from pipeline.models.blazepose.landmarks import INPUT_SIZE as CROP_SIZE
 from pipeline.models.blazepose.topdown import TopDownConfig, TopDownPose
-from pipeline.models.blazepose.weights import CHECKPOINT_KIND, build_modules
+from pipeline.models.blazepose.weights import CHECKPOINT_KIND, build_modules, cache_dir
 from pipeline.models.checkpoint import (
     BOTTOM_UP,
     CheckpointError,
@@ -20,7 +22,8 @@ from pipeline.models.checkpoint import (
     payload_metadata,
     resolve_checkpoint,
 )
-from pipeline.models.runtime import autocast_dtype, prepare_model, run_network
+from pipeline.models.onnx_net import OnnxNet
+from pipeline.models.runtime import autocast_dtype, pick_runtime, prepare_model, run_network
 from pipeline.pose.grouping import GroupingConfig, group_people_batch
 from pipeline.pose.heatmaps import heatmap_to_input
 from pipeline.pose.keypoints import NUM_KEYPOINTS
@@ -72,13 +75,22 @@ class TopDownModel:
     kind = CHECKPOINT_KIND
 
     def __init__(self, detector: nn.Module, landmarks: nn.Module, device: torch.device, dtype: torch.dtype | None,
-                 config: TopDownConfig = TopDownConfig()):
-        prepare = lambda m: m.to(device).eval().to(memory_format=torch.channels_last)  # noqa: E731
-        self.pose = TopDownPose(prepare(detector), prepare(landmarks), config, dtype)
+                 config: TopDownConfig = TopDownConfig(), runtime: str = "torch"):
+        if runtime == "onnxruntime":
+            threads, cache = torch.get_num_threads(), cache_dir() / "onnx"
+            detector = OnnxNet(detector, (3, DETECTOR_INPUT_SIZE, DETECTOR_INPUT_SIZE), threads, cache)
+            landmarks = OnnxNet(landmarks, (3, CROP_SIZE, CROP_SIZE), threads, cache)
+        else:
+            prepare = lambda m: m.to(device).eval().to(memory_format=torch.channels_last)  # noqa: E731
+            detector, landmarks = prepare(detector), prepare(landmarks)
+        self.runtime = runtime
+        self.pose = TopDownPose(detector, landmarks, config, dtype, device)
 
     def compile(self) -> None:
         """torch.compile both nets; crop batches vary in size, so the batch dimension becomes dynamic after the
         second size seen (two recompiles, then every size runs compiled)."""
+        if self.runtime != "torch":
+            raise ValueError("model.compile needs model.runtime torch (or auto)")
         self.pose.detector, self.pose.landmarks = torch.compile(self.pose.detector), torch.compile(self.pose.landmarks)
 
     def find_people(self, frames: torch.Tensor, content: torch.Tensor,
@@ -90,9 +102,12 @@ class TopDownModel:
 
 def load_pose_model(checkpoint: str, device: torch.device, precision: str = "auto",
                     grouping: GroupingConfig = GroupingConfig(), topdown: TopDownConfig = TopDownConfig(),
-                    flip_test: bool = False, storage_options: dict[str, Any] | None = None
-                    ) -> tuple[BottomUpModel | TopDownModel, dict]:
+                    flip_test: bool = False, storage_options: dict[str, Any] | None = None,
+                    runtime: str = "auto", compile_model: bool = False) -> tuple[BottomUpModel | TopDownModel, dict]:
     """The model of a checkpoint, ready to run on `device`; returns (model, metadata).
+
+    A top-down model's nets run on `runtime` (`runtime.pick_runtime`; `compile_model` means torch); the bottom-up
+    net always runs in torch.
 
     Raises:
         FileNotFoundError, CheckpointError: no usable checkpoint at `checkpoint`.
@@ -111,7 +126,8 @@ def load_pose_model(checkpoint: str, device: torch.device, precision: str = "aut
         except (KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{uri}: weights do not fit the top-down model its metadata describes: {exc}; "
                                   f"import it again with `posepipe models fetch --force`") from exc
-        return TopDownModel(detector, landmarks, device, dtype, topdown), metadata
+        return TopDownModel(detector, landmarks, device, dtype, topdown,
+                            pick_runtime(runtime, device, dtype, compile_model)), metadata
     network = model_from_payload(payload, uri).to(device)
     return BottomUpModel(network, metadata, device, autocast_dtype(precision, device), grouping, flip_test), metadata
 

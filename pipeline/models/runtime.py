@@ -134,6 +134,29 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return CPU_AUTOCAST_DTYPES.get(precision)
 
 
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
+
+def pick_runtime(runtime: str, device: torch.device, dtype: torch.dtype | None, compile_model: bool = False) -> str:
+    """What runs the nets of a top-down model: `torch` or `onnxruntime`.
+
+    `auto` takes ONNX Runtime for fp32 on a CPU (faster than torch eager there, docs/performance.md) and torch
+    everywhere else: on GPUs, under bf16/fp16 autocast, and when the nets are to be compiled.
+
+    Raises:
+        ValueError: an unknown runtime, or onnxruntime asked for where it does not apply.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"expected model.runtime auto, torch or onnxruntime, got {runtime!r}")
+    onnx_applies = device.type == "cpu" and dtype is None and not compile_model
+    if runtime == "onnxruntime" and not onnx_applies:
+        raise ValueError("model.runtime=onnxruntime runs fp32 nets on a CPU without model.compile; use "
+                         "model.runtime=torch for a GPU, bf16/fp16 or compiled nets")
+    if runtime == "auto":
+        return "onnxruntime" if onnx_applies else "torch"
+    return runtime
+
+
 def pick_device(device: str) -> torch.device:
     """`auto` -> cuda when this process sees a GPU, else cpu; an explicit `cuda` without one is an error."""
     if device == "auto":

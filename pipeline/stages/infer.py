@@ -55,12 +55,12 @@ class PoseEstimator:
     def __init__(self, checkpoint: str, device: str = "auto", precision: str = "fp32",
                  grouping: GroupingConfig = GroupingConfig(), threads: int | None = None,
                  storage_options: dict[str, Any] | None = None, flip_test: bool = False,
-                 topdown: TopDownConfig = TopDownConfig(), compile_model: bool = False):
+                 topdown: TopDownConfig = TopDownConfig(), compile_model: bool = False, runtime: str = "auto"):
         if threads:
             torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
         self.device = inference_device(device)
         self.model, meta = load_pose_model(checkpoint, self.device, precision, grouping, topdown, flip_test,
-                                           storage_options)
+                                           storage_options, runtime, compile_model)
         if compile_model:
             self.model.compile()
         self.ready_at = time.time()   # start-up ends here: Ray, the actor and its model are ready

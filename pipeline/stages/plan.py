@@ -243,6 +243,6 @@ def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = Fals
         fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
                                    precision=config.model.precision, flip_test=config.model.flip_test,
                                    grouping=config.grouping, topdown=config.topdown, threads=pools.threads,
-                                   compile_model=config.model.compile,
+                                   compile_model=config.model.compile, runtime=config.model.runtime,
                                    storage_options=config.storage_options))
     return ds

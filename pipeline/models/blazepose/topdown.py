@@ -77,6 +77,17 @@ class People:
         return People(self.keypoints[index], self.scores[index], self.alignment[index])
 
 
+def view_layout(tiles: tuple[tuple[int, float, float], ...]) -> torch.Tensor:
+    """(V, 4) per detector view: its centre as fractions of the picture's width and height, its side as a fraction
+    of the picture's longer side, and the largest person crop it keeps (as a fraction of its side)."""
+    rows = [(0.5, 0.5, 1.0, float("inf"))]
+    for n, fraction, largest in tiles:
+        step = (1 - fraction) / (n - 1)
+        rows += [(fraction / 2 + j * step, fraction / 2 + i * step, fraction, largest)
+                 for i in range(n) for j in range(n)]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def detector_views(content: torch.Tensor, tiles: tuple[tuple[int, float, float], ...]) -> torch.Tensor:
     """The squares the detector looks at in each frame: the whole content, then each grid of n x n overlapping tiles,
     each letterboxed (a square of the longer side, centred).
@@ -86,16 +97,11 @@ def detector_views(content: torch.Tensor, tiles: tuple[tuple[int, float, float],
     Returns:
         (B, V, 4) x0, y0, side and the largest person crop it keeps, as a fraction of its side (whole view: inf).
     """
-    x0, y0, w, h = content.unbind(-1)
-    views = [(x0 + w / 2, y0 + h / 2, torch.maximum(w, h), float("inf"))]
-    for n, fraction, largest in tiles:
-        tw, th = w * fraction, h * fraction
-        for i in range(n):
-            for j in range(n):
-                cx, cy = x0 + tw / 2 + j * (w - tw) / (n - 1), y0 + th / 2 + i * (h - th) / (n - 1)
-                views.append((cx, cy, torch.maximum(tw, th), largest))
-    return torch.stack([torch.stack([cx - s / 2, cy - s / 2, s, torch.full_like(s, largest)], dim=-1)
-                        for cx, cy, s, largest in views], dim=1)
+    layout = view_layout(tiles).to(content.device)                             # (V, 4)
+    origin, extent = content[:, None, :2], content[:, None, 2:]                # (B, 1, 2)
+    side = extent.amax(-1, keepdim=True) * layout[:, 2:3]                      # (B, V, 1)
+    corner = origin + extent * layout[:, :2] - side / 2                        # (B, V, 2)
+    return torch.cat([corner, side, layout[:, 3:].expand_as(side)], dim=-1)
 
 
 def decode_detections(scores: torch.Tensor, boxes: torch.Tensor, anchors: torch.Tensor, views: torch.Tensor,
@@ -216,14 +222,20 @@ def heads_in_float32(detector: torch.nn.Module, landmarks: torch.nn.Module) -> N
 class TopDownPose:
     """Detector + landmark net on one device; `estimate` turns frame batches into `People` per frame."""
 
-    def __init__(self, detector: torch.nn.Module, landmarks: torch.nn.Module, config: TopDownConfig = TopDownConfig(),
-                 dtype: torch.dtype | None = None):
+    def __init__(self, detector, landmarks, config: TopDownConfig = TopDownConfig(), dtype: torch.dtype | None = None,
+                 device: torch.device | None = None):
+        """`detector` and `landmarks`: torch modules on `device` (default: where the landmark net's weights are), or
+        callables like them (`pipeline.models.onnx_net.OnnxNet`)."""
         if dtype is not None:
             heads_in_float32(detector, landmarks)
         self.detector, self.landmarks, self.config, self.dtype = detector, landmarks, config, dtype
-        self.device = next(landmarks.parameters()).device
+        self.device = device or next(landmarks.parameters()).device
+        self.channels_last = isinstance(landmarks, torch.nn.Module)  # torch's CPU and GPU kernels want NHWC
         self.anchors = torch.from_numpy(det.ssd_anchors()).to(self.device)
         self.coco = torch.tensor(COCO_FROM_BLAZEPOSE, device=self.device)
+
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
@@ -243,7 +255,7 @@ class TopDownPose:
                           flat[:, :2] + flat[:, 2:3] / 2, flat[:, 2:3], torch.zeros_like(flat[:, :1])], dim=-1)
         x = sample_rois(frames, rois, det.INPUT_SIZE) / 127.5 - 1.0               # (B*V, 3, 224, 224) in [-1, 1]
         with self.autocast():
-            scores, boxes = self.detector(x.contiguous(memory_format=torch.channels_last))
+            scores, boxes = self.detector(self.net_input(x))
         view, prob, box, keypoints = decode_detections(scores, boxes, self.anchors, flat[:, :3],
                                                        c.detector_threshold)
         crop_side = 2 * c.roi_scale * torch.linalg.vector_norm(keypoints[:, 1] - keypoints[:, 0], dim=-1)
@@ -264,7 +276,7 @@ class TopDownPose:
         frame corner coordinates and score, alignment (R, 2, 2) and presence (R,)."""
         crops = sample_rois(frames, rois, CROP_SIZE, padding_mode="border") / 255.0   # (R, 3, 256, 256) in [0, 1]
         with self.autocast():
-            out = self.landmarks(crops.contiguous(memory_format=torch.channels_last))
+            out = self.landmarks(self.net_input(crops))
         raw = out["landmarks"].float()                                                 # (R, 39, 5)
         xy = raw[..., :2]
         if self.config.heatmap_refine:
