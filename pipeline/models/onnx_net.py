@@ -69,9 +69,12 @@ class OnnxNet:
         module: the net, float32, on the CPU, eval mode.
         shape: the shape of one input, (C, H, W).
         cache: folder for exported graphs; None: export every time.
+        max_batch: inputs per run; larger batches run in pieces. A CPU gains nothing per input from large batches,
+            while their activations set the process's peak memory (a 32-frame batch hands the detector 112 views).
     """
 
-    def __init__(self, module: torch.nn.Module, shape: tuple[int, ...], threads: int, cache: Path | None = None):
+    def __init__(self, module: torch.nn.Module, shape: tuple[int, ...], threads: int, cache: Path | None = None,
+                 max_batch: int = 16):
         import onnxruntime
 
         module = module.float().eval()
@@ -85,7 +88,7 @@ class OnnxNet:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
-        self.device, self.threads = torch.device("cpu"), threads
+        self.device, self.threads, self.max_batch = torch.device("cpu"), threads, max_batch
 
     def cached_graph(self, module: torch.nn.Module, shape: tuple[int, ...], cache: Path | None) -> bytes:
         path = cache / f"{export_key(module, shape)}.onnx" if cache else None
@@ -101,6 +104,8 @@ class OnnxNet:
         return graph
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
-        array = np.ascontiguousarray(x.detach().float().numpy())
-        out = [torch.from_numpy(o) for o in self.session.run(None, {self.input: array})]
+        array = x.detach().float().numpy()
+        parts = [self.session.run(None, {self.input: np.ascontiguousarray(array[i:i + self.max_batch])})
+                 for i in range(0, max(len(array), 1), self.max_batch)]
+        out = [torch.from_numpy(np.concatenate(o) if len(parts) > 1 else o[0]) for o in zip(*parts)]
         return dict(zip(self.keys, out)) if self.keys else tuple(out)

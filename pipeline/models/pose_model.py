@@ -93,10 +93,12 @@ class TopDownModel:
             raise ValueError("model.compile needs model.runtime torch (or auto)")
         self.pose.detector, self.pose.landmarks = torch.compile(self.pose.detector), torch.compile(self.pose.landmarks)
 
-    def find_people(self, frames: torch.Tensor, content: torch.Tensor,
+    def find_people(self, frames: torch.Tensor, content: torch.Tensor | np.ndarray,
                     chains: list[list[int]] | None = None) -> PeoplePerFrame:
         """uint8 frames (B, S, S, 3) on the device, the picture's box in each (B, 4) x0, y0, w, h, and the frames of
         each video in order -> people per frame, in input pixels."""
+        if isinstance(content, np.ndarray):
+            content = self.pose.to_device(content)
         return [(p.keypoints, p.scores) for p in self.pose.estimate(frames, content, chains)]
 
 

@@ -167,8 +167,12 @@ def pick_device(device: str) -> torch.device:
 
 
 def inference_device(device: str) -> torch.device:
-    """The device a process runs its pose model on (`pick_device`), with a CPU's allocator set for inference."""
+    """The device a process runs its pose model on (`pick_device`), with a CPU's allocator set for inference and a
+    GPU's TF32 off."""
     picked = pick_device(device)
     if picked.type == "cpu":
         keep_freed_memory()
+    else:  # fp32 means fp32: cuDNN would run fp32 convs as TF32 (10-bit mantissa) by default, flipping presence
+        torch.backends.cudnn.allow_tf32 = False        # decisions near their threshold; bf16/fp16 are asked for
+        torch.backends.cuda.matmul.allow_tf32 = False  # explicitly with model.precision
     return picked

@@ -82,7 +82,7 @@ class PoseEstimator:
             frames = frames.pin_memory().to(self.device, non_blocking=True)
         widths = widths if widths is not None else np.full(len(images), size)
         heights = heights if heights is not None else np.full(len(images), size)
-        content = torch.from_numpy(picture_boxes(widths, heights, size)).to(self.device)
+        content = picture_boxes(widths, heights, size)
         return self.model.find_people(frames, content, chains)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

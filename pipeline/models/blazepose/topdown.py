@@ -88,16 +88,16 @@ def view_layout(tiles: tuple[tuple[int, float, float], ...]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def detector_views(content: torch.Tensor, tiles: tuple[tuple[int, float, float], ...]) -> torch.Tensor:
+def detector_views(content: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
     """The squares the detector looks at in each frame: the whole content, then each grid of n x n overlapping tiles,
     each letterboxed (a square of the longer side, centred).
 
     Args:
         content: (B, 4) x0, y0, w, h of each frame's picture inside the square frame tensor (corner coordinates).
+        layout: (V, 4) `view_layout` of the tiles, on content's device.
     Returns:
         (B, V, 4) x0, y0, side and the largest person crop it keeps, as a fraction of its side (whole view: inf).
     """
-    layout = view_layout(tiles).to(content.device)                             # (V, 4)
     origin, extent = content[:, None, :2], content[:, None, 2:]                # (B, 1, 2)
     side = extent.amax(-1, keepdim=True) * layout[:, 2:3]                      # (B, V, 1)
     corner = origin + extent * layout[:, :2] - side / 2                        # (B, V, 2)
@@ -233,6 +233,15 @@ class TopDownPose:
         self.channels_last = isinstance(landmarks, torch.nn.Module)  # torch's CPU and GPU kernels want NHWC
         self.anchors = torch.from_numpy(det.ssd_anchors()).to(self.device)
         self.coco = torch.tensor(COCO_FROM_BLAZEPOSE, device=self.device)
+        self.layout = view_layout(config.tiles).to(self.device)
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A host array on the model's device; on a GPU copied from pinned memory without waiting for the device
+        (a plain copy from pageable memory synchronises the stream)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def net_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -248,7 +257,7 @@ class TopDownPose:
             frames: (B, S, S, 3) uint8; content: (B, 4) picture inside each frame.
         """
         c = self.config
-        views = detector_views(content, c.tiles)                                  # (B, V, 4)
+        views = detector_views(content, self.layout)                               # (B, V, 4)
         b, v = views.shape[:2]
         flat = views.reshape(b * v, 4)
         rois = torch.cat([torch.arange(b, device=frames.device).repeat_interleave(v)[:, None].float(),
@@ -260,9 +269,11 @@ class TopDownPose:
                                                        c.detector_threshold)
         crop_side = 2 * c.roi_scale * torch.linalg.vector_norm(keypoints[:, 1] - keypoints[:, 0], dim=-1)
         fits = crop_side <= flat[view, 3] * flat[view, 2]
-        view, prob, box, keypoints = view[fits], prob[fits], box[fits], keypoints[fits]
-        frame = (view // v).cpu().numpy()
-        prob, box, keypoints = prob.cpu().numpy(), box.cpu().numpy(), keypoints.cpu().numpy()
+        # one copy to the host (a GPU waits once): frame, fits, score, box (4), keypoints (8)
+        host = torch.cat([(view // v)[:, None].float(), fits[:, None].float(), prob[:, None], box,
+                          keypoints.flatten(1)], dim=1).cpu().numpy()
+        host = host[host[:, 1] > 0]
+        frame, prob, box, keypoints = host[:, 0].astype(np.int64), host[:, 2], host[:, 3:7], host[:, 7:].reshape(-1, 4, 2)
         out = []
         for i in range(b):
             mine = frame == i
@@ -284,7 +295,7 @@ class TopDownPose:
         xy = crop_to_frame(rois, xy / CROP_SIZE)                                        # (R, 39, 2)
         score = torch.sigmoid(raw[..., 3])                                              # visibility
         return {"landmarks": torch.cat([xy, score[..., None]], dim=-1),
-                "alignment": xy[:, [HIP_CENTRE, ABOVE_HEAD]], "presence": out["presence"].float()[:, 0]}
+                "alignment": xy[:, HIP_CENTRE:ABOVE_HEAD + 1], "presence": out["presence"].float()[:, 0]}
 
     def rois(self, frame: torch.Tensor, alignment: torch.Tensor) -> torch.Tensor:
         return rois_from_alignment(frame, alignment[:, 0], alignment[:, 1], self.config.roi_scale)
@@ -318,7 +329,11 @@ class TopDownPose:
         for step in range(max((len(run) for run in runs), default=0)):
             active = [(k, run[step]) for k, run in enumerate(runs) if step < len(run)]
             detect = [f for k, f in active if k not in previous or previous[k][1]]
-            detected = dict(zip(detect, self.detect(frames[detect], content[detect]))) if detect else {}
+            if detect:
+                index = self.to_device(np.array(detect))
+                detected = dict(zip(detect, self.detect(frames[index], content[index])))
+            else:
+                detected = {}
             frame_ids, alignment, from_detector = [], [], []
             for k, f in active:
                 points = detected[f][1] if f in detected else previous[k][0].alignment
@@ -326,11 +341,11 @@ class TopDownPose:
                 alignment.append(points.reshape(-1, 2, 2))
                 from_detector += [f in detected] * len(points)
             frame_ids, from_detector = np.array(frame_ids, np.int64), np.array(from_detector, bool)
-            on_device = torch.from_numpy(frame_ids).to(self.device)
-            points = torch.from_numpy(np.concatenate(alignment)).to(self.device)
+            on_device = self.to_device(frame_ids)
+            points = self.to_device(np.concatenate(alignment))
             found = self.run_landmarks(frames, self.rois(on_device, points))
             if c.refine and from_detector.any():    # followed people were cropped from landmarks already
-                again = torch.from_numpy(np.flatnonzero(from_detector)).to(self.device)
+                again = self.to_device(np.flatnonzero(from_detector))
                 refined = self.people_in(frames, on_device[again], found["alignment"][again], refine=c.refine - 1)
                 found = {key: value.index_copy(0, again, refined[key]) for key, value in found.items()}
             by_frame = self.split(found, frame_ids, from_detector, [f for _, f in active])
@@ -358,9 +373,12 @@ class TopDownPose:
 
     def to_people(self, found: dict[str, torch.Tensor]) -> People:
         """The landmark net's outputs for R crops as People: COCO-17 keypoints, pixel centres on integers."""
-        landmarks = found["landmarks"][:, self.coco].cpu().numpy()              # (R, 17, 3) corner coordinates
+        r, k = len(found["presence"]), len(COCO_FROM_BLAZEPOSE)
+        host = torch.cat([found["landmarks"][:, self.coco].reshape(r, -1), found["presence"][:, None],
+                          found["alignment"].reshape(r, 4)], dim=1).cpu().numpy()     # one copy to the host
+        landmarks = host[:, :k * 3].reshape(r, k, 3)                              # (R, 17, 3) corner coordinates
         landmarks[..., :2] -= 0.5
-        return People(landmarks, found["presence"].cpu().numpy(), found["alignment"].cpu().numpy())
+        return People(landmarks, host[:, k * 3], host[:, k * 3 + 1:].reshape(r, 2, 2))
 
     def split(self, found: dict[str, torch.Tensor], frame_ids: np.ndarray, from_detector: np.ndarray,
               frames: list[int]) -> dict[int, tuple[People, bool]]:
