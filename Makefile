@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install models demo test test-fast benchmark clean
+.PHONY: install models demo test test-fast benchmark gpu-pack clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ test-fast: install
 
 benchmark: install
 	$(BIN)/posepipe benchmark
+
+# what infra/gpu/check.sh needs on a GPU machine without network: the default checkpoint, in .gpu/ (ignored)
+gpu-pack: models
+	mkdir -p .gpu/models
+	cp "$$($(BIN)/python -c 'from pipeline.models.blazepose.weights import cached_checkpoint; print(cached_checkpoint("blazepose-heavy"))')" .gpu/models/
 
 clean:
 	rm -rf output sample .pytest_cache

@@ -130,16 +130,20 @@ def test_runs_wait_for_the_actors_of_the_previous_run_to_exit():
         actor.wait()
 
 
-def test_topdown_net_rows_time_each_net_in_torch_and_litert():
-    """The imported model's nets alone: torch at the given batch sizes and LiteRT at batch 1, on real crops."""
+def test_topdown_net_rows_time_each_net_in_torch_onnxruntime_and_litert():
+    """The imported model's nets alone: torch and ONNX Runtime at the given batch sizes and LiteRT at batch 1, on
+    real crops."""
     from jobs.benchmark.topdown import raw_net_rates
     from pipeline.models.checkpoint import resolve_checkpoint
 
     rows = raw_net_rates({"lite": resolve_checkpoint("blazepose-lite")}, [1, 2], device="cpu", precision="fp32",
                          threads=1, min_seconds=0.05)
-    names = [(row.measurement, row.config.split(",")[0]) for row in rows]
-    assert names == [("raw detector", "B=1"), ("raw detector", "B=2"), ("litert detector", "B=1"),
-                     ("raw landmarks lite", "B=1"), ("raw landmarks lite", "B=2"), ("litert landmarks lite", "B=1")]
+    names = [(row.measurement, row.config.split(",")[0], row.config.split(", ")[-1]) for row in rows]
+    runtimes = [(b, r) for r in ("torch", "onnxruntime") for b in ("B=1", "B=2")]
+    assert names == [("raw detector", b, r) for b, r in runtimes] + \
+        [("litert detector", "B=1", "cpu float32 (XNNPACK)")] + \
+        [("raw landmarks lite", b, r) for b, r in runtimes] + \
+        [("litert landmarks lite", "B=1", "cpu float32 (XNNPACK)")]
     for row in rows:
         assert row.frames >= 3 and row.frames_per_s > 0 and row.extra["ms_per_input"] > 0
         assert ("float32" in row.config) and ("1 thr" in row.config)
@@ -163,3 +167,20 @@ def test_scale_benchmark_writes_every_row(ray_local, tiny_checkpoint, cache, tmp
     assert rows["query"]["rows"] == 300 * 6 and set(rows["query"]["timings"]) == {"count", "group"}
     assert (rows["planning"]["todo"], rows["planning"]["skipped"]) == (1000, 3000)
     assert "| planning |" in out.with_suffix(".md").read_text()
+
+
+def test_the_gpu_benchmark_runs_its_rows_on_any_device(tmp_path):
+    """`python -m jobs.benchmark.gpu` (infra/gpu/check.sh) here on the CPU: the person finding at a pipeline batch
+    size with where its time goes, and each net alone, written to OUT.json."""
+    import json
+
+    from jobs.benchmark.gpu import main as gpu_main
+
+    out = tmp_path / "gpu"
+    assert gpu_main(["--device", "cpu", "--checkpoint", "blazepose-lite", "--batch-sizes", "4",
+                     "--net-batch-sizes", "2", "--precisions", "fp32", "--seconds", "0.1", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    forward = next(r for r in rows if r["measurement"] == "raw model fwd")
+    assert 0 <= forward["extra"]["glue_fraction"] < 1 and forward["extra"]["op_launches"] > 0
+    assert sum(forward["extra"]["net_batches"]["landmarks"]) >= 4                # people in each of the 4 frames
+    assert {r["measurement"] for r in rows} >= {"raw model", "raw detector", "raw landmarks lite"}

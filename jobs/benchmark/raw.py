@@ -92,7 +92,9 @@ def raw_decode_rate(videos: list[Path], size: int, workers: int, batch_size: int
     row = Measurement("raw decode", f"{workers} proc x {threads} thr, S={size}, {len(videos)} videos",
                       frames, seconds)
     row.extra["cpu_ms_per_frame"] = 1e3 * sum(r["decode"]["cpu_s"] for r in results) / max(1, frames)
-    row.note = f"CPU {row.extra['cpu_ms_per_frame']:.1f} ms/frame"
+    row.extra["bytes_per_frame"] = size * size * 3  # each frame travels letterboxed to the model's square
+    row.note = (f"CPU {row.extra['cpu_ms_per_frame']:.1f} ms/frame; "
+                f"{row.extra['bytes_per_frame'] / 1e6:.2f} MB per frame in the object store")
     return row
 
 
@@ -176,8 +178,47 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
                 phase["best"] = min(phase["best"], elapsed)
                 phase["cpu_s"] += time.process_time() - cpu
     dtype = str(estimator.model_dtype).removeprefix("torch.")  # what `precision` resolved to here
-    return {**phases, "gpu_util": utilisation.get("mean"), "device": str(dev), "threads": torch.get_num_threads(),
-            "dtype": dtype}
+    glue = {} if isinstance(model, BottomUpModel) else person_finding_glue(model.pose, forward, dev)
+    return {**phases, **glue, "gpu_util": utilisation.get("mean"), "device": str(dev),
+            "threads": torch.get_num_threads(), "dtype": dtype}
+
+
+def person_finding_glue(pose, forward: Callable[[], None], device, repeats: int = 3) -> dict:
+    """Where a top-down model's time goes besides its nets, for `forward` (one batch's person finding): the
+    fraction of its wall time outside the nets' forwards, the batch sizes that reach each net, and the torch
+    operators it launches outside the nets (a profiler count of top-level operators)."""
+    import torch
+
+    seconds, sizes = {"detector": 0.0, "landmarks": 0.0}, {"detector": [], "landmarks": []}
+    nets = {"detector": pose.detector, "landmarks": pose.landmarks}
+
+    def timed(name: str, net):
+        def call(x):
+            _cuda_sync(device)
+            begin = time.perf_counter()
+            out = net(x)
+            _cuda_sync(device)
+            seconds[name] += time.perf_counter() - begin
+            sizes[name].append(len(x))
+            return out
+        return call
+
+    pose.detector, pose.landmarks = timed("detector", nets["detector"]), timed("landmarks", nets["landmarks"])
+    try:
+        begin = time.perf_counter()
+        for _ in range(repeats):
+            forward()
+        _cuda_sync(device)
+        total = time.perf_counter() - begin
+    finally:
+        pose.detector, pose.landmarks = nets["detector"], nets["landmarks"]
+    in_nets = seconds["detector"] + seconds["landmarks"]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        forward()
+    top_level = [e for e in profile.events() if e.name.startswith("aten::")
+                 and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]
+    return {"glue_fraction": 1 - in_nets / total, "net_batches": {k: v[:len(v) // repeats] for k, v in sizes.items()},
+            "op_launches": len(top_level), "nets_runtime": type(nets["landmarks"]).__name__}
 
 
 @contextlib.contextmanager
@@ -249,5 +290,12 @@ def raw_model_rates(checkpoint: str, batch_size: int, workers: int, threads: int
         else:
             row.note = (f"CPU {row.extra['cpu_ms_per_frame']:.1f} ms/frame; "
                         f"best batch {row.extra['best_frames_per_s']:.1f} frames/s")
+        if phase == "forward" and "glue_fraction" in results[0]:
+            glue = results[0]
+            row.extra.update({key: glue[key] for key in ("glue_fraction", "net_batches", "op_launches",
+                                                          "nets_runtime")})
+            row.note += (f"; outside the nets {glue['glue_fraction']:.0%}, {glue['op_launches']} torch ops "
+                         f"per batch; nets ({glue['nets_runtime']}) got batches: detector "
+                         f"{glue['net_batches']['detector']}, landmarks {glue['net_batches']['landmarks']}")
         rows.append(row)
     return rows[0], rows[1]

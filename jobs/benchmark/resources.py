@@ -123,6 +123,7 @@ class ResourceSampler:
         self.driver_mb = self.workers_mb = self.workers_anon_mb = 0.0
         self.store_mb: float | None = None
         self.role_mb: dict[str, float] = {}       # largest single process per role
+        self.role_private_mb: dict[str, float] = {}  # ... in private memory (no libraries, no object-store pages)
         self.role_sum_mb: dict[str, float] = {}   # largest sum over the role's processes at one instant
         self.role_count: dict[str, int] = {}
         self.job_mb = 0.0                         # driver + decode + inference actors at one instant (JSON only)
@@ -175,6 +176,7 @@ class ResourceSampler:
                 total += info.rss / MB
                 anon += (info.rss - info.shared) / MB      # private memory: no libraries, no object-store pages
                 self.role_mb[role] = max(self.role_mb.get(role, 0.0), info.rss / MB)
+                self.role_private_mb[role] = max(self.role_private_mb.get(role, 0.0), (info.rss - info.shared) / MB)
                 sums[role] = sums.get(role, 0.0) + info.rss / MB
                 counts[role] = counts.get(role, 0) + 1
         for role in sums:

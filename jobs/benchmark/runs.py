@@ -48,7 +48,7 @@ def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", co
     extra = {"steady_frames_per_s": steady_rate(summary.finished),
              "role_peak_rss_mb": sampler.role_mb, "role_sum_peak_rss_mb": sampler.role_sum_mb,
              "role_max_processes": sampler.role_count, "job_rss_mb": sampler.job_mb,
-             "workers_private_mb": sampler.workers_anon_mb,
+             "workers_private_mb": sampler.workers_anon_mb, "role_peak_private_mb": sampler.role_private_mb,
              "cpu": cpu, "people": summary.people, "tracks": summary.tracks}
     return Measurement(name, label, summary.frames, summary.seconds, sampler.driver_mb, sampler.workers_mb,
                        sampler.store_mb, format_cpu(cpu, summary.frames), extra)

@@ -2,8 +2,9 @@
 benchmark's batch sizes and under LiteRT (the reference runtime, one input per invoke), side by side on the same
 threads. Rates are inputs/s: detector views (224x224) and landmark crops (256x256, one per person).
 
-    raw detector          torch forward of B detector views (the actor batches every view of its frames)
-    raw landmarks NAME    torch forward of B crops of landmark net NAME (lite, full or heavy)
+    raw detector          forward of B detector views (the actor batches every view of its frames), in torch and,
+                          for fp32 on a CPU, ONNX Runtime (the actor's default there)
+    raw landmarks NAME    forward of B crops of landmark net NAME (lite, full or heavy), likewise
     litert ...            the same .tflite graph under ai-edge-litert, when installed (a test dependency)
 
 Each net runs in its own spawned process (`run_workers`), as the raw model rows do.
@@ -34,21 +35,22 @@ def net_inputs(net: str, batch: int, seed: int) -> np.ndarray:
 
 
 def torch_net_worker(checkpoint: str, net: str, batch: int, device: str, precision: str, threads: int,
-                     compile_model: bool, min_seconds: float, barrier) -> dict:
-    """Time the forward of one of the checkpoint's nets ("detector" or "landmarks") on batches of real crops."""
+                     compile_model: bool, runtime: str, min_seconds: float, barrier) -> dict:
+    """Time the forward of one of the checkpoint's nets ("detector" or "landmarks") on batches of real crops, as
+    `runtime` (torch or onnxruntime) runs it in the inference actor."""
     import torch
 
     from pipeline.models.pose_model import load_pose_model
-    from pipeline.models.runtime import pick_device
+    from pipeline.models.runtime import inference_device
 
     torch.set_num_threads(threads)
-    dev = pick_device(device)
-    model, meta = load_pose_model(checkpoint, dev, precision)
+    dev = inference_device(device)
+    model, meta = load_pose_model(checkpoint, dev, precision, runtime=runtime, compile_model=compile_model)
     if compile_model:
         model.compile()
     module = model.pose.detector if net == "detector" else model.pose.landmarks
     x = torch.from_numpy(net_inputs(net, batch, 0)).to(dev).permute(0, 3, 1, 2)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = model.pose.net_input(x)
 
     def step() -> None:
         with torch.inference_mode(), model.pose.autocast():
@@ -103,8 +105,14 @@ def net_row(name: str, config: str, result: dict, batch: int) -> Measurement:
 def raw_net_rates(checkpoints: dict[str, str], batch_sizes: list[int], device: str, precision: str, threads: int,
                   compile_model: bool = False, min_seconds: float = 3.0, litert: bool = True) -> list[Measurement]:
     """Rows for the detector (of the first checkpoint) and every landmark variant in `checkpoints` (variant -> URI),
-    torch at each batch size and LiteRT at batch 1, on `threads` threads each."""
+    torch (and ONNX Runtime where it applies: fp32 on a CPU) at each batch size and LiteRT at batch 1, on `threads`
+    threads each."""
     from pipeline.models.blazepose import weights
+    from pipeline.models.runtime import pick_device
+
+    runtimes = ["torch"]
+    if pick_device(device).type == "cpu" and precision in ("auto", "fp32") and not compile_model:
+        runtimes.append("onnxruntime")
 
     rows = []
     graphs = None
@@ -117,12 +125,13 @@ def raw_net_rates(checkpoints: dict[str, str], batch_sizes: list[int], device: s
     nets = [("detector", next(iter(checkpoints.values())), "detector")] + \
         [(f"landmarks {v}", uri, "landmarks") for v, uri in checkpoints.items()]
     for name, uri, net in nets:
-        for batch in batch_sizes:
-            [result] = run_workers(torch_net_worker, [(uri, net, batch, device, precision, threads, compile_model,
-                                                       min_seconds)])
-            config = (f"B={batch}, {threads} thr, {result['device']} {result['dtype']}"
-                      f"{', compiled' if compile_model else ''}")
-            rows.append(net_row(f"raw {name}", config, result, batch))
+        for runtime in runtimes:
+            for batch in batch_sizes:
+                [result] = run_workers(torch_net_worker, [(uri, net, batch, device, precision, threads,
+                                                           compile_model, runtime, min_seconds)])
+                config = (f"B={batch}, {threads} thr, {result['device']} {result['dtype']}, {runtime}"
+                          f"{', compiled' if compile_model else ''}")
+                rows.append(net_row(f"raw {name}", config, result, batch))
         if graphs is not None:
             graph = graphs["detector" if net == "detector" else name.split()[-1]]
             [result] = run_workers(litert_worker, [(graph, net, threads, min_seconds)])
