@@ -284,7 +284,7 @@ def test_crops_and_their_points_map_back_to_the_frame():
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
 def test_both_crop_samplers_match_torchs_grid_sample(padding_mode):
     """OpenCV's warps (the CPU path) and the one-gather sampler (the GPU path, run here on the CPU) cut the same
-    crops as grid_sample(align_corners=False): within OpenCV's uint8 rounding, and within float rounding."""
+    crops as grid_sample(align_corners=False), within rounding (OpenCV interpolates at 1/32 pixel)."""
     from pipeline.models.blazepose.roi import gather_rois, warp_rois
 
     rng = np.random.default_rng(0)
@@ -301,7 +301,7 @@ def test_both_crop_samplers_match_torchs_grid_sample(padding_mode):
         image = frames[int(f)].permute(2, 0, 1).float()[None]
         expected.append(torch.nn.functional.grid_sample(image, grid, padding_mode=padding_mode, align_corners=False))
     expected = torch.cat(expected)
-    assert (warp_rois(frames, rois, 64, padding_mode) - expected).abs().max() <= 0.52
+    assert (warp_rois(frames, rois, 64, padding_mode) - expected).abs().max() < 0.1
     assert (gather_rois(frames, rois, 64, padding_mode) - expected).abs().max() < 0.05
     assert torch.equal(sample_rois(frames, rois, 64, padding_mode), warp_rois(frames, rois, 64, padding_mode))
 

@@ -47,7 +47,7 @@ def crop_to_frame(rois: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
 def sample_rois(frames: torch.Tensor, rois: torch.Tensor, size: int, padding_mode: str = "zeros") -> torch.Tensor:
     """Cut every ROI out of its frame and resample it to (size, size), bilinear.
 
-    On a CPU each ROI is one OpenCV `warpAffine` of the uint8 frame (as MediaPipe crops on a CPU); elsewhere all ROIs
+    On a CPU each ROI is one OpenCV `warpAffine` (float32, from the part of the frame it reads); elsewhere all ROIs
     of all frames are one vectorised gather on the device (`gather_rois`), with no host sync and a fixed number of
     kernels whatever the number of frames and people.
 
@@ -75,19 +75,33 @@ def crop_matrices(rois: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def warp_rois(frames: torch.Tensor, rois: torch.Tensor, size: int, padding_mode: str) -> torch.Tensor:
-    """`sample_rois` on a CPU: one OpenCV warp per ROI, uint8 in and out (OpenCV interpolates in fixed point, to
-    1/32 pixel), from the frame tensor's memory."""
+    """`sample_rois` on a CPU: one OpenCV warp per ROI, in float32, from the frame tensor's memory.
+
+    Each ROI converts only the part of its frame it reads (its bounding box and one pixel around) to float32, so the
+    cost follows the crops, not the frames. Warping the uint8 frame instead rounds every crop pixel to an integer,
+    which cost the default model 0.025 OKS AP on real-dev (docs/performance.md, session 11).
+    """
     import cv2
 
     images = frames.numpy()
-    matrices = crop_matrices(rois, size).numpy()
+    h, w = images.shape[1:3]
+    matrices = crop_matrices(rois, size).numpy()                                  # (R, 2, 3)
+    corners = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], np.float64)
+    reach = np.einsum("rij,cj->rci", matrices, corners)                           # (R, 4, 2) frame pixels
+    low = np.floor(reach.min(1)).astype(np.int64) - 1
+    high = np.ceil(reach.max(1)).astype(np.int64) + 2
+    x0, y0 = np.clip(low[:, 0], 0, w - 1), np.clip(low[:, 1], 0, h - 1)          # clipped only at the frame's
+    x1, y1 = np.clip(high[:, 0], x0 + 1, w), np.clip(high[:, 1], y0 + 1, h)       # edges, where the border applies
     index = rois[:, 0].long().tolist()
     border = cv2.BORDER_CONSTANT if padding_mode == "zeros" else cv2.BORDER_REPLICATE
-    out = np.empty((len(index), size, size, images.shape[-1]), np.uint8)
+    out = np.empty((len(index), size, size, images.shape[-1]), np.float32)
     for r, f in enumerate(index):
-        cv2.warpAffine(images[f], matrices[r], (size, size), dst=out[r],
+        region = images[f, y0[r]:y1[r], x0[r]:x1[r]].astype(np.float32)
+        matrix = matrices[r].copy()
+        matrix[:, 2] -= (x0[r], y0[r])
+        cv2.warpAffine(region, matrix, (size, size), dst=out[r],
                        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border, borderValue=0)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).float()
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 def gather_rois(frames: torch.Tensor, rois: torch.Tensor, size: int, padding_mode: str) -> torch.Tensor:

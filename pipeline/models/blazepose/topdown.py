@@ -374,7 +374,7 @@ class TopDownPose:
     def to_people(self, found: dict[str, torch.Tensor]) -> People:
         """The landmark net's outputs for R crops as People: COCO-17 keypoints, pixel centres on integers."""
         r, k = len(found["presence"]), len(COCO_FROM_BLAZEPOSE)
-        host = torch.cat([found["landmarks"][:, self.coco].reshape(r, -1), found["presence"][:, None],
+        host = torch.cat([found["landmarks"][:, self.coco].reshape(r, k * 3), found["presence"][:, None],
                           found["alignment"].reshape(r, 4)], dim=1).cpu().numpy()     # one copy to the host
         landmarks = host[:, :k * 3].reshape(r, k, 3)                              # (R, 17, 3) corner coordinates
         landmarks[..., :2] -= 0.5
