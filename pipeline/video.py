@@ -163,12 +163,12 @@ class DecordStream:
     broken frames, which go to `lost`.
     """
 
-    def __init__(self, path: str, size: int, num_threads: int = 1, info: VideoInfo | None = None):
+    def __init__(self, path: str, size: int, num_threads: int = 1, info: VideoInfo | None = None, pad: bool = True):
         import decord  # native library: imported where it is used, so the pure helpers above load without it
 
         info = info or probe_video(path)
         self.path, self.threads, self.info = path, num_threads, info
-        self.letterbox = Letterbox.fit(info.width, info.height, size)
+        self.letterbox = Letterbox.fit(info.width, info.height, size, pad)
         try:
             self.reader = decord.VideoReader(path, ctx=decord.cpu(0), width=self.letterbox.resized_width,
                                              height=self.letterbox.resized_height, num_threads=num_threads)
@@ -191,7 +191,7 @@ class DecordStream:
         """Decode `indices` in batches of at most `batch_size` frames.
 
         Yields:
-            indices (b,), timestamps_s (b,), frames uint8 (b, S, S, 3) letterboxed.
+            indices (b,), timestamps_s (b,), frames uint8 (b, S, S, 3) letterboxed (unpadded: (b, h, w, 3)).
         """
         indices = indices[indices < self.num_frames]
         for start in range(0, len(indices), batch_size):
@@ -201,7 +201,7 @@ class DecordStream:
             except Exception as exc:
                 logger.warning("%s: decord failed on frames %d..%d (%s); decoding the rest with PyAV", self.path,
                                chunk[0], chunk[-1], short_message(exc))
-                rest = PyAVStream(self.path, self.letterbox.size, self.threads, self.info)
+                rest = PyAVStream(self.path, self.letterbox.size, self.threads, self.info, self.letterbox.padded)
                 rest.lost = self.lost
                 yield from rest.batches(indices[start:], batch_size)
                 return
@@ -232,10 +232,10 @@ class PyAVStream:
     breaks off ends the stream with a DecodeError after the frames before it.
     """
 
-    def __init__(self, path: str, size: int, num_threads: int = 1, info: VideoInfo | None = None):
+    def __init__(self, path: str, size: int, num_threads: int = 1, info: VideoInfo | None = None, pad: bool = True):
         self.info = info or probe_video(path)
         self.path, self.threads = path, num_threads
-        self.letterbox = Letterbox.fit(*self.info.display_size, size)
+        self.letterbox = Letterbox.fit(*self.info.display_size, size, pad)
         self.pts = packet_times(path)             # (N,) sorted
         self.num_frames = len(self.pts)
         self.fps = self.info.fps
@@ -318,13 +318,14 @@ class PyAVStream:
                 self.letterbox.pad(np.stack([k[2] for k in kept])))
 
 
-def open_stream(path: str, size: int, num_threads: int = 1) -> Stream:
-    """decord where it works, PyAV for rotated videos and for what decord cannot open."""
+def open_stream(path: str, size: int, num_threads: int = 1, pad: bool = True) -> Stream:
+    """decord where it works, PyAV for rotated videos and for what decord cannot open. Frames are letterboxed into
+    (size, size) squares, or with `pad` False only shrunk to fit one (`Letterbox.fit`)."""
     info = probe_video(path)
     if info.rotation:
-        return PyAVStream(path, size, num_threads, info)
+        return PyAVStream(path, size, num_threads, info, pad)
     try:
-        return DecordStream(path, size, num_threads, info)
+        return DecordStream(path, size, num_threads, info, pad)
     except DecodeError as exc:
         logger.info("%s: %s; decoding with PyAV instead", path, exc)
-        return PyAVStream(path, size, num_threads, info)
+        return PyAVStream(path, size, num_threads, info, pad)

@@ -67,6 +67,19 @@ def test_frame_decoder_streams_batches_then_an_end_marker(tmp_path):
     assert stage == "open" and "cannot open" in message
 
 
+@pytest.mark.parametrize("width,height,size,expected", [(160, 120, 256, (120, 160)),   # never enlarged
+                                                        (320, 180, 128, (72, 128))])   # shrunk to fit
+def test_unpadded_frames_travel_at_their_own_size(tmp_path, width, height, size, expected):
+    """A top-down run's frames: the picture alone, at most `size` on its long side and never more than the source,
+    with end markers of the same shape (the bytes in the object store are the frame's pixels x 3 at most)."""
+    path = encode_video(tmp_path / "v.mp4", num_frames=6, width=width, height=height)
+    batches = list(FrameDecoder(size=size, batch_size=4, pad=False)({"uri": np.array([str(path)], dtype=object),
+                                                                     "video_id": np.array(["v"], dtype=object)}))
+    assert [b["image"].shape[1:] for b in batches] == [(*expected, 3)] * 3
+    assert batches[0]["image"].max() > 0 and batches[-1]["is_end"][0] and batches[-1]["image"].max() == 0
+    assert (batches[0]["width"][0], batches[0]["height"][0]) == (width, height)
+
+
 def test_missing_file_is_an_open_error(tmp_path):
     with pytest.raises(DecodeError, match="cannot open"):
         DecordStream(str(tmp_path / "nope.mp4"), size=64)

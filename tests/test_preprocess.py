@@ -1,9 +1,10 @@
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from pipeline.pose.heatmaps import decode_heatmaps, encode_heatmaps, heatmap_to_input, input_to_heatmap
-from pipeline.pose.letterbox import IMAGE_MEAN, IMAGE_STD, Letterbox, normalize
+from pipeline.pose.letterbox import IMAGE_MEAN, IMAGE_STD, Letterbox, letterbox_frames, normalize
 
 
 @pytest.mark.parametrize("width,height", [(320, 240), (240, 320), (1920, 1080), (101, 37), (16, 16), (256, 256)])
@@ -41,6 +42,32 @@ def test_gaussian_peak_maps_back_to_original_pixel(width, height):
     stride_in_pixels = 4 / min(lb.scale_x, lb.scale_y)
     assert score[0, 0] > 0.9
     assert np.abs(back - truth).max() < 0.05 * stride_in_pixels   # sub-pixel: 1/20 of a heatmap cell
+
+
+def test_an_unpadded_letterbox_only_shrinks_and_maps_back():
+    small, large = Letterbox.fit(640, 360, 1024, pad=False), Letterbox.fit(1920, 1080, 1024, pad=False)
+    assert small.frame_shape == (360, 640) and small.picture_box == (0, 0, 640, 360)
+    assert large.frame_shape == (576, 1024) and (large.pad_x, large.pad_y) == (0, 0)
+    xy = np.array([[100.0, 50.0], [1900.0, 1000.0]])
+    np.testing.assert_allclose(large.to_image(large.to_input(xy)), xy)
+
+
+@pytest.mark.parametrize("width,height", [(640, 360), (1920, 1080), (300, 500)])
+def test_frames_letterboxed_on_the_device_equal_the_decode_stages_letterbox(width, height):
+    """Frames that travel unpadded (shrunk only when larger) letterboxed where the model runs: the same square as
+    letterboxing the original, to the rounding of a second resize where the frame was shrunk in transit."""
+    rng = np.random.default_rng(0)
+    original = cv2.resize(rng.integers(0, 256, (height // 10, width // 10, 3), dtype=np.uint8), (width, height))
+    travelled = Letterbox.fit(width, height, 1024, pad=False).apply(original)
+    square = Letterbox.fit(width, height, 1024)
+    got = letterbox_frames(torch.from_numpy(travelled[None]), square)[0].numpy()
+    expected = square.apply(original)
+    assert got.shape == expected.shape == (1024, 1024, 3)
+    assert np.abs(got.astype(int) - expected.astype(int)).mean() < 1.0
+    x0, y0, w, h = square.picture_box
+    outside = np.ones(got.shape[:2], bool)
+    outside[y0:y0 + h, x0:x0 + w] = False
+    assert got[outside].max(initial=0) == 0 and got[~outside].max() > 0
 
 
 def test_normalize_matches_the_formula():

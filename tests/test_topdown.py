@@ -67,6 +67,28 @@ def test_frames_without_people_give_no_rows_and_no_error(estimator):
     assert out["person_index"].tolist() == [-1, -1, -1] and out["error"].tolist() == ["", "", ""]
 
 
+def test_frames_at_their_own_size_find_the_people_of_letterboxed_frames(estimator):
+    """A run hands a top-down model frames unpadded and never enlarged, videos of several sizes in one batch (Ray's
+    object array of arrays); the actor letterboxes them on its device and finds what letterboxed frames give."""
+    from pipeline.config import ModelSettings
+
+    own_size = PoseEstimator(ModelSettings().checkpoint, device="cpu", threads=2, frame_size=1024)
+    astronaut, camera = read_photo("astronaut.png"), read_photo("camera.png")[:400]          # 512x512, 512x400
+    images = np.empty(4, dtype=object)
+    images[:] = [astronaut, astronaut[:, ::-1].copy(), camera, camera[:, ::-1].copy()]
+    batch = concat([frame_batch("a", np.arange(2), np.zeros(2), np.zeros((2, 1, 1, 3), np.uint8), 512, 512),
+                    frame_batch("c", np.arange(2), np.zeros(2), np.zeros((2, 1, 1, 3), np.uint8), 512, 400)])
+    batch["image"] = images
+    got = own_size(batch)
+    letterboxed = concat([frame_batch("a", np.arange(2), np.zeros(2), frames_of([astronaut, astronaut[:, ::-1]])[0],
+                                      512, 512),
+                          frame_batch("c", np.arange(2), np.zeros(2), frames_of([camera, camera[:, ::-1]])[0],
+                                      512, 400)])
+    expected = estimator(letterboxed)
+    assert got["video_id"].tolist() == expected["video_id"].tolist() and (got["person_index"] >= 0).all()
+    np.testing.assert_allclose(got["keypoints"], expected["keypoints"], atol=1e-3)
+
+
 def counting_detector(model: TopDownModel) -> list[int]:
     """Record how many frames each detector call covers."""
     calls: list[int] = []

@@ -4,7 +4,8 @@ Rows of the table (all rates in frames/s; every row of one run is measured on th
     raw decode        decord + letterbox alone (`pipeline.video.open_stream`), in as many processes as the
                       pipeline's decode pool, over the benchmark archive
     raw model fwd     the network's forward alone on a normalised device tensor, per inference-pool process
-    raw model         the inference actor's whole work (`PoseEstimator.__call__`): normalise, forward, peaks,
+    raw model         the inference actor's whole work (`PoseEstimator.__call__`): for a top-down model frames as
+                      they travel (at their own size) letterboxed on the device; normalise, forward, peaks,
                       grouping and the per-person rows, on random uint8 frames
     pipeline          `jobs.run.run` on the archive: decode -> infer -> grouping -> tracking -> Parquet
     pipeline 1 video  the same job on one video of the archive; with the row above it gives the marginal rate
@@ -162,13 +163,13 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
     rows: list[Measurement] = []
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     try:
-        model_frames = video_frames(videos[0], size, max(args.batch_sizes or [args.batch_size])) \
+        model_frames = video_frames(videos[0], size, max(args.batch_sizes or [args.batch_size]), pad=not topdown) \
             if args.model_input == "video" or topdown else None
         if "raw" not in skip:
             sampling = dict(every_nth=config.decode.every_nth, target_fps=config.decode.fps,
                             max_frames=config.decode.max_frames)
             rows.append(raw_decode_rate(videos, size, pools.decode, config.decode.batch_size,
-                                        config.decode.threads, sampling))
+                                        config.decode.threads, sampling, pad=not topdown))
             for batch_size in dict.fromkeys([args.batch_size] + (args.batch_sizes or [])):
                 rows += raw_model_rates(checkpoint, batch_size, pools.infer, pools.threads, args.device,
                                         args.precision, args.compile, args.model_seconds, model_frames, size,

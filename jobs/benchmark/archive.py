@@ -116,10 +116,11 @@ def default_checkpoint(cache_dir: Path) -> tuple[str, bool]:
     return str(path), False
 
 
-def video_frames(path: Path, size: int, count: int) -> np.ndarray:
-    """The first `count` frames of a video as the decode stage hands them over: uint8 (count, S, S, 3)."""
+def video_frames(path: Path, size: int, count: int, pad: bool = True) -> np.ndarray:
+    """The first `count` frames of a video as the decode stage hands them over: uint8 (count, S, S, 3), or unpadded
+    (count, h, w, 3) as a top-down model gets them."""
     from pipeline.video import open_stream, sample_frame_indices
 
-    stream = open_stream(str(path), size)
+    stream = open_stream(str(path), size, pad=pad)
     indices = sample_frame_indices(stream.num_frames, stream.fps)[:count]
     return np.concatenate([frames for _, _, frames in stream.batches(indices, count)])

@@ -2,8 +2,8 @@
 or a video decoder (a GPU machine may lack both; `infra/gpu/check.sh` runs this there).
 
 Rows:
-    raw model fwd / raw model   the whole person finding (`PoseEstimator.predict` / `__call__`) on decoded batches of
-                                B frames of real people (`pipeline.photos.group_frames`, the benchmark's footage),
+    raw model fwd / raw model   the whole person finding (`PoseEstimator.predict` / `__call__`, which also letterboxes
+                                the frames on the device) on decoded batches of B frames of real people (`pipeline.photos.group_frames`, the benchmark's footage),
                                 one video per batch, per precision; the forward row's note has the share of time
                                 outside the nets, the torch ops per batch and the crop batches that reached each net
     raw detector / landmarks    each net alone at the given batch sizes (the landmark net's crop batches in the
@@ -30,12 +30,13 @@ from pipeline.models.checkpoint import read_metadata, resolve_checkpoint
 logger = logging.getLogger("posepipe.benchmark.gpu")
 
 
-def letterboxed_group_frames(count: int, picture: tuple[int, int], size: int) -> np.ndarray:
-    """(count, size, size, 3) uint8 frames of real people, letterboxed as the decode stage hands them over."""
+def travelling_group_frames(count: int, picture: tuple[int, int], size: int) -> np.ndarray:
+    """(count, h, w, 3) uint8 frames of real people as the decode stage hands them to a top-down model: at their
+    own size, shrunk to fit `size` (`Letterbox.fit(..., pad=False)`)."""
     from pipeline.photos import group_frames
     from pipeline.pose.letterbox import Letterbox
 
-    letterbox = Letterbox.fit(picture[0], picture[1], size)
+    letterbox = Letterbox.fit(picture[0], picture[1], size, pad=False)
     return np.stack([letterbox.apply(frame) for frame in group_frames(count, picture)])
 
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(logging.INFO)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     width, height = (int(v) for v in args.size.split("x"))
-    frames = letterboxed_group_frames(max(batch_sizes), (width, height), args.frame_size)
+    frames = travelling_group_frames(max(batch_sizes), (width, height), args.frame_size)
     variant = read_metadata(resolve_checkpoint(args.checkpoint))["variant"]
     rows = []
     for precision in args.precisions.split(","):

@@ -59,25 +59,27 @@ def combine_phase(results: list[dict], phase: str) -> tuple[int, float]:  # deco
     return frames, seconds
 
 
-def decode_worker(tasks, size: int, batch_size: int, threads: int, sampling: dict, barrier) -> dict:
+def decode_worker(tasks, size: int, batch_size: int, threads: int, sampling: dict, pad: bool, barrier) -> dict:
     """Decode videos from the shared queue until it is empty, as a decode actor would (one video at a time)."""
     import decord  # noqa: F401  (loaded before the barrier: import time is not decode time)
 
     from pipeline.video import open_stream, sample_frame_indices
 
     barrier.wait()
-    start, cpu, frames = time.monotonic(), time.process_time(), 0
+    start, cpu, frames, nbytes = time.monotonic(), time.process_time(), 0, 0
     while (path := tasks.get()) is not None:
-        stream = open_stream(path, size, threads)  # the decode stage's choice of backend (decord, else PyAV)
+        stream = open_stream(path, size, threads, pad)  # the decode stage's choice of backend (decord, else PyAV)
         indices = sample_frame_indices(stream.num_frames, stream.fps, **sampling)
-        for chunk, _, batch in stream.batches(indices, batch_size):  # batch: (b, S, S, 3) uint8
-            frames += len(chunk)
-    return {"decode": {"frames": frames, "start": start, "end": time.monotonic(), "cpu_s": time.process_time() - cpu}}
+        for chunk, _, batch in stream.batches(indices, batch_size):  # batch: (b, h, w, 3) uint8
+            frames, nbytes = frames + len(chunk), nbytes + batch.nbytes
+    return {"decode": {"frames": frames, "start": start, "end": time.monotonic(), "cpu_s": time.process_time() - cpu,
+                       "bytes": nbytes}}
 
 
 def raw_decode_rate(videos: list[Path], size: int, workers: int, batch_size: int = 32, threads: int = 1,
-                    sampling: dict | None = None) -> Measurement:
-    """decord decode + resize + letterbox of every video, in `workers` processes pulling from one queue.
+                    sampling: dict | None = None, pad: bool = True) -> Measurement:
+    """decord decode + resize (+ letterbox with `pad`, as for the bottom-up net) of every video, in `workers`
+    processes pulling from one queue.
 
     `sampling` takes `sample_frame_indices`' keywords (every_nth, target_fps, max_frames) as the decode stage does.
     """
@@ -87,12 +89,12 @@ def raw_decode_rate(videos: list[Path], size: int, workers: int, batch_size: int
         tasks.put(str(path))
     for _ in range(workers):
         tasks.put(None)
-    results = run_workers(decode_worker, [(tasks, size, batch_size, threads, sampling or {})] * workers)
+    results = run_workers(decode_worker, [(tasks, size, batch_size, threads, sampling or {}, pad)] * workers)
     frames, seconds = combine_phase(results, "decode")
-    row = Measurement("raw decode", f"{workers} proc x {threads} thr, S={size}, {len(videos)} videos",
-                      frames, seconds)
+    row = Measurement("raw decode", f"{workers} proc x {threads} thr, S={size}{'' if pad else ' unpadded'}, "
+                                    f"{len(videos)} videos", frames, seconds)
     row.extra["cpu_ms_per_frame"] = 1e3 * sum(r["decode"]["cpu_s"] for r in results) / max(1, frames)
-    row.extra["bytes_per_frame"] = size * size * 3  # each frame travels letterboxed to the model's square
+    row.extra["bytes_per_frame"] = sum(r["decode"]["bytes"] for r in results) / max(1, frames)  # as they travel
     row.note = (f"CPU {row.extra['cpu_ms_per_frame']:.1f} ms/frame; "
                 f"{row.extra['bytes_per_frame'] / 1e6:.2f} MB per frame in the object store")
     return row
@@ -127,17 +129,22 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
 
     from pipeline.models.pose_model import BottomUpModel
     from pipeline.models.runtime import run_network
-    from pipeline.pose.letterbox import normalize
+    from pipeline.pose.letterbox import Letterbox, letterbox_frames, normalize
     from pipeline.stages.batch import frame_batch
     from pipeline.stages.infer import PoseEstimator
 
-    estimator = PoseEstimator(checkpoint, device=device, precision=precision, threads=threads)
+    own_size = frames is not None and frames.shape[1:3] != (size, size)  # a top-down run's frames, as they travel
+    estimator = PoseEstimator(checkpoint, device=device, precision=precision, threads=threads,
+                              frame_size=size if own_size else None)
     model, dev = estimator.model, estimator.device
     rng = np.random.default_rng(seed)
-    images = (rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8) if frames is None
-              else np.resize(frames, (batch_size, size, size, 3)))            # (B, S, S, 3), repeated if short
+    shape = frames.shape[1:] if frames is not None else (size, size, 3)
+    travelling = (rng.integers(0, 256, (batch_size, *shape), dtype=np.uint8) if frames is None
+                  else np.resize(frames, (batch_size, *shape)))             # repeated if short
     width, height = picture or (size, size)
-    batch = frame_batch("bench", np.arange(batch_size), np.zeros(batch_size), images, width, height)
+    batch = frame_batch("bench", np.arange(batch_size), np.zeros(batch_size), travelling, width, height)
+    images = letterbox_frames(torch.from_numpy(travelling), Letterbox.fit(width, height, size)).numpy() \
+        if own_size else travelling                                          # (B, S, S, 3)
     if compile_model:
         model.compile()
     if isinstance(model, BottomUpModel):

@@ -28,7 +28,7 @@ FRAME_COLUMNS: dict[str, tuple[Any, tuple]] = {
     "timestamp_s": (np.float64, ()),
     "width": (np.int32, ()),             # the frame's display size (an end marker: the video's; 0 if it never opened)
     "height": (np.int32, ()),
-    "image": (np.uint8, ("S", "S", 3)),  # letterboxed; zeros on an end marker
+    "image": (np.uint8, ("S", "S", 3)),  # (h, w, 3): letterboxed, or the picture shrunk; zeros on an end marker
     "is_end": (np.bool_, ()),
     "num_frames": (np.int64, ()),        # end marker: frames emitted
     "error": (object, ()),               # end marker: `stage|type|message`, "" when clean
@@ -46,19 +46,20 @@ PERSON_COLUMNS: dict[str, tuple[Any, tuple]] = {
 }
 
 
-def empty(columns: dict[str, tuple[Any, tuple]], n: int, size: int = 0) -> dict[str, np.ndarray]:
-    """`n` rows of `columns`, zero-filled ("" for strings), images of `size`."""
+def empty(columns: dict[str, tuple[Any, tuple]], n: int, size: int | tuple[int, int] = 0) -> dict[str, np.ndarray]:
+    """`n` rows of `columns`, zero-filled ("" for strings), images of `size` (a square side, or height and width)."""
     out = {}
     for name, (dtype, shape) in columns.items():
-        shape = tuple(size if dim == "S" else dim for dim in shape)
+        sides = iter((size, size) if isinstance(size, int) else size)
+        shape = tuple(next(sides) if dim == "S" else dim for dim in shape)
         out[name] = np.full(n, "", dtype=object) if dtype is object else np.zeros((n, *shape), dtype)
     return out
 
 
 def frame_batch(video_id: str, indices: np.ndarray, timestamps: np.ndarray, frames: np.ndarray, width: int,
                 height: int) -> dict[str, np.ndarray]:
-    """A frame batch of one video: frames (n, S, S, 3) uint8 with their indices, timestamps and display size."""
-    batch = empty(FRAME_COLUMNS, len(indices), frames.shape[1])
+    """A frame batch of one video: frames (n, h, w, 3) uint8 with their indices, timestamps and display size."""
+    batch = empty(FRAME_COLUMNS, len(indices), (0, 0))
     batch.update(video_id=np.full(len(indices), video_id, dtype=object), frame_index=indices.astype(np.int64),
                  timestamp_s=timestamps.astype(np.float64), image=frames)
     batch["width"][:], batch["height"][:] = width, height
@@ -88,9 +89,10 @@ class VideoHeader:
         return self.fps > 0
 
 
-def end_marker(video_id: str, size: int, num_frames: int, error: str = "",
+def end_marker(video_id: str, size: int | tuple[int, int], num_frames: int, error: str = "",
                header: VideoHeader = VideoHeader(), ref: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """The last row of a video's frame batches; `ref` is the listed video (`pipeline.stages.read`)."""
+    """The last row of a video's frame batches (its image zeros of `size`, the video's frame shape); `ref` is the
+    listed video (`pipeline.stages.read`)."""
     batch = empty(FRAME_COLUMNS, 1, size)
     batch.update(video_id=np.array([video_id], dtype=object), frame_index=np.array([-1], np.int64),
                  is_end=np.ones(1, bool), num_frames=np.array([num_frames], np.int64),

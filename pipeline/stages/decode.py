@@ -1,8 +1,11 @@
-"""Decode stage: video references in, bounded batches of letterboxed uint8 frames out.
+"""Decode stage: video references in, bounded batches of uint8 frames out.
 
 decord decodes and resizes in one pass (ffmpeg's scaler, so the resize happens on the cheapest side: before any
-copy); the letterbox padding is added here and normalisation waits for the inference device, so frames cross Ray's
-object store as uint8 (B, S, S, 3). A video streams in batches of `batch_size` frames and is never held whole.
+copy) and normalisation waits for the inference device, so frames cross Ray's object store as uint8. For a
+top-down model (the default) frames keep their aspect and are only shrunk to fit `model.frame_size`, never enlarged:
+(B, h, w, 3), the source's pixels at most, since its crops are cut on the device. For the bottom-up net they are
+letterboxed here into its square input, (B, S, S, 3). A video streams in batches of `batch_size` frames and is never
+held whole.
 
 Each video ends with one *end marker* row (`is_end`) that carries how many frames were emitted and, when decoding
 failed, the error; downstream stages pass it through so the driver knows when a video is complete and why not.
@@ -82,9 +85,11 @@ class DecodeWorker(threading.Thread):
     """
 
     def __init__(self, ref: dict[str, Any], size: int, sampling: dict[str, Any], batch_size: int, threads: int,
-                 storage_options: dict[str, Any], cache_dir: str | None, depth: int = 2):
+                 storage_options: dict[str, Any], cache_dir: str | None, depth: int = 2, pad: bool = True):
         super().__init__(name=f"decode-{ref['video_id']}", daemon=True)
         self.ref, self.size, self.sampling, self.batch_size, self.threads = ref, size, sampling, batch_size, threads
+        self.pad = pad
+        self.frame_shape = (size, size) if pad else (1, 1)    # of its frames, once the video opened
         self.storage_options, self.cache_dir = storage_options, cache_dir
         self.queue: queue.Queue = queue.Queue(maxsize=depth)   # bounds the frames held per actor to `depth` batches
         self.cancel = threading.Event()
@@ -107,8 +112,8 @@ class DecodeWorker(threading.Thread):
         indices = missing = np.zeros(0, np.int64)
         try:
             with local_copy(self.ref["uri"], self.storage_options, self.cache_dir) as path:
-                stream = open_stream(path, self.size, self.threads)
-                self.header = VideoHeader.of(stream)
+                stream = open_stream(path, self.size, self.threads, self.pad)
+                self.header, self.frame_shape = VideoHeader.of(stream), stream.letterbox.frame_shape
                 self.stage = "decode"
                 indices = sample_frame_indices(stream.num_frames, stream.fps, **self.sampling)
                 missing = missing_frames(stream, self.sampling)
@@ -149,8 +154,10 @@ class FrameDecoder:
 
     def __init__(self, size: int, every_nth: int = 1, fps: float | None = None, max_frames: int | None = None,
                  batch_size: int = 32, threads: int = 1, storage_options: dict[str, Any] | None = None,
-                 cache_dir: str | None = None, timeout_s: float = 900.0):
-        self.size = size
+                 cache_dir: str | None = None, timeout_s: float = 900.0, pad: bool = True):
+        """`pad`: letterbox frames into (size, size) squares (the bottom-up net's input); False: frames keep their
+        aspect and are only shrunk to fit that square, never enlarged (a top-down model crops them on its device)."""
+        self.size, self.pad = size, pad
         self.sampling = dict(every_nth=every_nth, target_fps=fps, max_frames=max_frames)
         self.batch_size = batch_size
         self.threads = threads
@@ -166,7 +173,7 @@ class FrameDecoder:
 
     def decode_video(self, ref: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
         worker = DecodeWorker(ref, self.size, self.sampling, self.batch_size, self.threads, self.storage_options,
-                              self.cache_dir)
+                              self.cache_dir, pad=self.pad)
         worker.start()
         emitted, waited, error = 0, 0.0, ""
         try:
@@ -188,7 +195,7 @@ class FrameDecoder:
             worker.cancel.set()  # also when Ray closes this generator early
         if error:
             logger.warning("video %s: %s", ref["uri"], error)
-        yield end_marker(ref["video_id"], self.size, emitted, error, worker.header, ref)
+        yield end_marker(ref["video_id"], worker.frame_shape, emitted, error, worker.header, ref)
 
     def give_up(self, worker: DecodeWorker, ref: dict[str, Any], emitted: int) -> str:
         worker.cancel.set()

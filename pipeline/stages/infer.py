@@ -28,7 +28,7 @@ from pipeline.models.pose_model import (
 from pipeline.models.runtime import inference_device
 from pipeline.pose.grouping import GroupingConfig
 from pipeline.pose.keypoints import NUM_KEYPOINTS
-from pipeline.pose.letterbox import Letterbox
+from pipeline.pose.letterbox import Letterbox, letterbox_frames
 from pipeline.stages.batch import PASSTHROUGH
 
 logger = logging.getLogger(__name__)
@@ -49,13 +49,29 @@ def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarra
     return [frame] * len(keypoints), np.arange(len(keypoints), dtype=np.int32), scores.astype(np.float32), out
 
 
+def video_sizes(batch: dict[str, np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+    """`rows` grouped by the size of their video and of their image, in order of first appearance. Ray hands frames
+    of one shape as one array, and frames of several shapes (videos of several sizes in one batch, when frames
+    travel at their own size) as an object array of arrays."""
+    images = batch["image"]
+    groups: dict[tuple, list[int]] = {}
+    for row in rows.tolist():
+        shape = images[row].shape if images.dtype == object else images.shape[1:]
+        groups.setdefault((int(batch["width"][row]), int(batch["height"][row]), shape), []).append(row)
+    return [np.array(group, np.int64) for group in groups.values()]
+
+
 class PoseEstimator:
     """Ray Data UDF holding the model: frame batches in, one row per (frame, person) out; end markers pass."""
 
     def __init__(self, checkpoint: str, device: str = "auto", precision: str = "fp32",
                  grouping: GroupingConfig = GroupingConfig(), threads: int | None = None,
                  storage_options: dict[str, Any] | None = None, flip_test: bool = False,
-                 topdown: TopDownConfig = TopDownConfig(), compile_model: bool = False, runtime: str = "auto"):
+                 topdown: TopDownConfig = TopDownConfig(), compile_model: bool = False, runtime: str = "auto",
+                 frame_size: int | None = None):
+        """`frame_size`: None when frames arrive letterboxed into the model's square; else they arrive at their own
+        aspect, shrunk to fit it (the top-down model's decode), and are letterboxed here on the device."""
+        self.frame_size = frame_size
         if threads:
             torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
         self.device = inference_device(device)
@@ -72,26 +88,41 @@ class PoseEstimator:
         dtype = self.model.dtype if isinstance(self.model, BottomUpModel) else self.model.pose.dtype
         return dtype or torch.float32
 
-    def predict(self, images: np.ndarray, widths: np.ndarray | None = None, heights: np.ndarray | None = None,
-                chains: list[list[int]] | None = None) -> PeoplePerFrame:
-        """uint8 (B, S, S, 3) letterboxed frames of pictures widths x heights (default: filling the frame) ->
-        per frame (keypoints (P, K, 3) in input pixels, scores (P,))."""
+    def predict(self, images: np.ndarray | torch.Tensor, widths: np.ndarray | None = None,
+                heights: np.ndarray | None = None, chains: list[list[int]] | None = None) -> PeoplePerFrame:
+        """uint8 (B, S, S, 3) letterboxed frames (host arrays, or tensors on the device) of pictures widths x
+        heights (default: filling the frame) -> per frame (keypoints (P, K, 3) in input pixels, scores (P,))."""
         size = images.shape[1]
-        frames = torch.from_numpy(images)
-        if self.device.type == "cuda":
+        frames = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
+        if self.device.type == "cuda" and frames.device.type == "cpu":
             frames = frames.pin_memory().to(self.device, non_blocking=True)
         widths = widths if widths is not None else np.full(len(images), size)
         heights = heights if heights is not None else np.full(len(images), size)
         content = picture_boxes(widths, heights, size)
         return self.model.find_people(frames, content, chains)
 
+    def letterboxed(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> torch.Tensor:
+        """The frames of `rows` (one video size) on the device, letterboxed into the model's square."""
+        images = batch["image"][rows]
+        images = np.stack(list(images)) if images.dtype == object else images
+        letterbox = Letterbox.fit(int(batch["width"][rows[0]]), int(batch["height"][rows[0]]), self.frame_size)
+        frames = torch.from_numpy(images)
+        if self.device.type == "cuda":
+            frames = frames.pin_memory().to(self.device, non_blocking=True)
+        return letterbox_frames(frames, letterbox)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         real = np.flatnonzero(~batch["is_end"])
-        size = batch["image"].shape[1]
-        people = self.predict(batch["image"][real], batch["width"][real], batch["height"][real],
-                              video_chains(batch["video_id"][real], batch["frame_index"][real])) if len(real) else []
+        found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for rows in video_sizes(batch, real) if self.frame_size else [real] if len(real) else []:
+            frames = batch["image"][rows] if self.frame_size is None else self.letterboxed(batch, rows)
+            people = self.predict(frames, batch["width"][rows], batch["height"][rows],
+                                  video_chains(batch["video_id"][rows], batch["frame_index"][rows]))
+            found.update(zip(rows.tolist(), people))
+        size = self.frame_size or batch["image"].shape[1]
         sources, person_index, person_score, keypoints = [], [], [], []
-        for row, (kp, scores) in zip(real, people):
+        for row in real:
+            kp, scores = found[int(row)]
             src, idx, sc, xy = people_rows(batch, row, kp, scores, size)
             sources += src
             person_index.append(idx)

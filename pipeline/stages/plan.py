@@ -234,7 +234,8 @@ def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = Fals
         fn_constructor_kwargs=dict(size=input_size, every_nth=config.decode.every_nth, fps=config.decode.fps,
                                    max_frames=config.decode.max_frames, batch_size=config.decode.batch_size,
                                    threads=config.decode.threads, storage_options=config.storage_options,
-                                   cache_dir=config.decode.cache_dir, timeout_s=config.decode.timeout_s))
+                                   cache_dir=config.decode.cache_dir, timeout_s=config.decode.timeout_s,
+                                   pad=not topdown))
     ds = ds.map_batches(
         PoseEstimator, batch_size=None if topdown else config.model.batch_size,
         compute=actor_pool(pools.infer, config.model.workers is not None or not grows),
@@ -244,5 +245,6 @@ def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = Fals
                                    precision=config.model.precision, flip_test=config.model.flip_test,
                                    grouping=config.grouping, topdown=config.topdown, threads=pools.threads,
                                    compile_model=config.model.compile, runtime=config.model.runtime,
+                                   frame_size=input_size if topdown else None,
                                    storage_options=config.storage_options))
     return ds
