@@ -196,24 +196,19 @@ def refine_peaks(heatmaps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor) -> 
     """
     height, width = heatmaps.shape[-2:]
     flat = heatmaps.flatten(2)  # (B, K, H*W)
-
-    def log_at(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return flat.gather(2, y * width + x).clamp_min(_LOG_FLOOR).log()  # (B, K, M)
-
-    def refine_axis(i: torch.Tensor, size: int, log_along) -> torch.Tensor:
-        if size < 3:
-            return i.float()
-        centre = i.clamp(1, size - 2)
-        before, at, after = log_along(centre - 1), log_along(centre), log_along(centre + 1)
-        curvature = before - 2 * at + after  # < 0 where the log-map is concave
-        concave = curvature < -1e-12
-        vertex = centre + (before - after) / (2 * torch.where(concave, curvature, -torch.ones_like(curvature)))
-        vertex = torch.where(concave, vertex, i.float())
-        return torch.minimum(torch.maximum(vertex, i - 0.5), i + 0.5)
-
-    x = refine_axis(ix, width, lambda c: log_at(c, iy))
-    y = refine_axis(iy, height, lambda c: log_at(ix, c))
-    return torch.stack([x, y], dim=-1)
+    i = torch.stack([ix, iy], dim=-1)                                          # (B, K, M, 2): x, y
+    centre = torch.stack([ix.clamp(1, max(width - 2, 0)), iy.clamp(1, max(height - 2, 0))], dim=-1)
+    step = torch.tensor([-1, 0, 1], device=ix.device)
+    cols = torch.stack([centre[..., 0, None] + step, ix[..., None].expand(*ix.shape, 3)], dim=-2)   # (B, K, M, 2, 3)
+    rows = torch.stack([iy[..., None].expand(*iy.shape, 3), centre[..., 1, None] + step], dim=-2)
+    index = rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)      # both axes' 3 pixels: one gather
+    logs = flat.gather(2, index.flatten(2)).clamp_min(_LOG_FLOOR).log().view(index.shape)
+    before, at, after = logs.unbind(-1)                                       # (B, K, M, 2)
+    curvature = before - 2 * at + after  # < 0 where the log-map is concave
+    concave = (curvature < -1e-12) & torch.tensor([width >= 3, height >= 3], device=ix.device)
+    vertex = centre + (before - after) / (2 * torch.where(concave, curvature, -torch.ones_like(curvature)))
+    vertex = torch.where(concave, vertex, i.float())
+    return torch.minimum(torch.maximum(vertex, i - 0.5), i + 0.5)
 
 
 def _max_3x3(heatmaps: torch.Tensor) -> torch.Tensor:

@@ -66,11 +66,11 @@ def sample_rois(frames: torch.Tensor, rois: torch.Tensor, size: int, padding_mod
 
 def crop_matrices(rois: torch.Tensor, size: int) -> torch.Tensor:
     """(R, 2, 3) affine maps from crop pixel (col, row) to frame pixel, both with pixel centres on integers."""
-    rois = rois.double()
-    cos, sin, k = torch.cos(rois[:, 4]), torch.sin(rois[:, 4]), rois[:, 3] / size
-    half = 0.5 * k - rois[:, 3] / 2                       # crop pixel 0's centre, from the crop's centre
-    tx = rois[:, 1] - 0.5 + (cos - sin) * half
-    ty = rois[:, 2] - 0.5 + (sin + cos) * half
+    _, cx, cy, side, angle = rois.double().unbind(-1)
+    cos, sin, k = torch.cos(angle), torch.sin(angle), side / size
+    half = 0.5 * k - side / 2                             # crop pixel 0's centre, from the crop's centre
+    tx = cx - 0.5 + (cos - sin) * half
+    ty = cy - 0.5 + (sin + cos) * half
     return torch.stack([torch.stack([cos * k, -sin * k, tx], -1), torch.stack([sin * k, cos * k, ty], -1)], 1)
 
 

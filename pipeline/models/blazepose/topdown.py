@@ -167,18 +167,17 @@ def refine_from_heatmaps(xy: torch.Tensor, heatmaps: torch.Tensor, kernel: int =
     Returns:
         (R, L, 2) crop pixels.
     """
-    r, n, h, w = heatmaps.shape
+    h, w = heatmaps.shape[-2:]
     stride = CROP_SIZE / w
     centre = torch.floor(xy / stride).long()                                   # (R, L, 2) col, row
     offsets = torch.arange(kernel, device=xy.device) - (kernel - 1) // 2
-    cols = (centre[..., 0, None, None] + offsets[None, :]).expand(r, n, kernel, kernel)  # (R, L, k, k)
-    rows = (centre[..., 1, None, None] + offsets[:, None]).expand(r, n, kernel, kernel)
-    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    cells = centre[..., None, :] + torch.cartesian_prod(offsets, offsets).flip(-1)  # (R, L, k*k, 2), row by row
+    cols, rows = cells.unbind(-1)                                              # (R, L, k*k)
+    inside = (cells >= 0).all(-1) & (cols < w) & (rows < h)
     confidence = torch.sigmoid(heatmaps.float())                               # (R, L, h, w)
-    window = confidence.flatten(2).gather(2, (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).flatten(2))
-    window = window * inside.flatten(2)                                        # (R, L, k*k)
+    window = confidence.flatten(2).gather(2, rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)) * inside
     best = window.argmax(-1, keepdim=True)                                     # (R, L, 1)
-    ix, iy = cols.flatten(2).gather(2, best).clamp(0, w - 1), rows.flatten(2).gather(2, best).clamp(0, h - 1)
+    ix, iy = cols.gather(2, best).clamp(0, w - 1), rows.gather(2, best).clamp(0, h - 1)
     peak = refine_peaks(confidence, ix, iy)[:, :, 0] * stride                  # (R, L, 2)
     use = window.amax(-1) >= min_confidence
     return torch.where(use[..., None], peak, xy)
