@@ -1,9 +1,8 @@
 """A torch module's forward under ONNX Runtime: the CPU runtime of the inference actors.
 
 torch stays the one definition of every net and the GPU path. On a CPU, ONNX Runtime runs the same graph, exported
-from the module with a dynamic batch, faster than torch eager and as fast as or faster than LiteRT on the imported
-graphs (docs/performance.md, session 11: the BlazePose heavy landmark net 22-24 ms per crop against torch's 32-44
-and LiteRT's 26, the detector as fast as LiteRT at a frame's 14 views).
+from the module with a dynamic batch: faster than torch eager, and on par with or faster than LiteRT running the
+imported graphs (docs/performance.md, session 11).
 
 Exporting takes seconds, so each export is cached on the node's disk (`onnx/` in the model cache), keyed by the
 module's weights, its class and the torch version that exported it.
