@@ -3,7 +3,8 @@ or a video decoder (a GPU machine may lack both; `infra/gpu/check.sh` runs this 
 
 Rows:
     raw model fwd / raw model   the whole person finding (`PoseEstimator.predict` / `__call__`, which also letterboxes
-                                the frames on the device) on decoded batches of B frames of real people (`pipeline.photos.group_frames`, the benchmark's footage),
+                                the frames on the device) on decoded batches of B frames of real people
+                                (`pipeline.photos.group_frames`, the benchmark's footage),
                                 one video per batch, per precision; the forward row's note has the share of time
                                 outside the nets, the torch ops per batch and the crop batches that reached each net
     raw detector / landmarks    each net alone at the given batch sizes (the landmark net's crop batches in the

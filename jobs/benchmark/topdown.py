@@ -108,11 +108,12 @@ def raw_net_rates(checkpoints: dict[str, str], batch_sizes: list[int], device: s
     torch (and ONNX Runtime where it applies: fp32 on a CPU) at each batch size and LiteRT at batch 1, on `threads`
     threads each."""
     from pipeline.models.blazepose import weights
-    from pipeline.models.runtime import pick_device
+    from pipeline.models.runtime import autocast_dtype, pick_device, pick_runtime
 
-    runtimes = ["torch"]
-    if pick_device(device).type == "cpu" and precision in ("auto", "fp32") and not compile_model:
-        runtimes.append("onnxruntime")
+    dev = pick_device(device)
+    dtype = None if precision == "auto" else autocast_dtype(precision, dev)  # as load_pose_model resolves it
+    runtimes = ["torch"] + (["onnxruntime"] if pick_runtime("auto", dev, dtype, compile_model) == "onnxruntime"
+                            else [])
 
     rows = []
     graphs = None

@@ -86,8 +86,7 @@ class OnnxNet:
         # threads sleep between runs instead of spinning: the actor shares its cores with decode and Ray
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.device, self.threads, self.max_batch = torch.device("cpu"), threads, max_batch
+        self.input, self.max_batch = self.session.get_inputs()[0].name, max_batch
 
     def cached_graph(self, module: torch.nn.Module, shape: tuple[int, ...], cache: Path | None) -> bytes:
         path = cache / f"{export_key(module, shape)}.onnx" if cache else None

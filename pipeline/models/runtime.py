@@ -166,6 +166,14 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; on a GPU copied from pinned memory without waiting for the device (a plain copy
+    from pageable memory synchronises the stream)."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def inference_device(device: str) -> torch.device:
     """The device a process runs its pose model on (`pick_device`), with a CPU's allocator set for inference and a
     GPU's TF32 off."""

@@ -25,7 +25,7 @@ from pipeline.models.pose_model import (
     picture_boxes,
     video_chains,
 )
-from pipeline.models.runtime import inference_device
+from pipeline.models.runtime import inference_device, to_device
 from pipeline.pose.grouping import GroupingConfig
 from pipeline.pose.keypoints import NUM_KEYPOINTS
 from pipeline.pose.letterbox import Letterbox, letterbox_frames
@@ -93,9 +93,7 @@ class PoseEstimator:
         """uint8 (B, S, S, 3) letterboxed frames (host arrays, or tensors on the device) of pictures widths x
         heights (default: filling the frame) -> per frame (keypoints (P, K, 3) in input pixels, scores (P,))."""
         size = images.shape[1]
-        frames = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
-        if self.device.type == "cuda" and frames.device.type == "cpu":
-            frames = frames.pin_memory().to(self.device, non_blocking=True)
+        frames = to_device(torch.from_numpy(images) if isinstance(images, np.ndarray) else images, self.device)
         widths = widths if widths is not None else np.full(len(images), size)
         heights = heights if heights is not None else np.full(len(images), size)
         content = picture_boxes(widths, heights, size)
@@ -106,15 +104,13 @@ class PoseEstimator:
         images = batch["image"][rows]
         images = np.stack(list(images)) if images.dtype == object else images
         letterbox = Letterbox.fit(int(batch["width"][rows[0]]), int(batch["height"][rows[0]]), self.frame_size)
-        frames = torch.from_numpy(images)
-        if self.device.type == "cuda":
-            frames = frames.pin_memory().to(self.device, non_blocking=True)
-        return letterbox_frames(frames, letterbox)
+        return letterbox_frames(to_device(torch.from_numpy(images), self.device), letterbox)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         real = np.flatnonzero(~batch["is_end"])
         found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for rows in video_sizes(batch, real) if self.frame_size else [real] if len(real) else []:
+        groups = video_sizes(batch, real) if self.frame_size else ([real] if len(real) else [])
+        for rows in groups:
             frames = batch["image"][rows] if self.frame_size is None else self.letterboxed(batch, rows)
             people = self.predict(frames, batch["width"][rows], batch["height"][rows],
                                   video_chains(batch["video_id"][rows], batch["frame_index"][rows]))

@@ -29,6 +29,7 @@ from pipeline.models.blazepose import detector as det
 from pipeline.models.blazepose.landmarks import INPUT_SIZE as CROP_SIZE
 from pipeline.models.blazepose.layers import Float32
 from pipeline.models.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
+from pipeline.models.runtime import to_device
 from pipeline.pose.heatmaps import refine_peaks
 from pipeline.pose.keypoints import OKS_SIGMAS
 
@@ -235,12 +236,7 @@ class TopDownPose:
         self.layout = view_layout(config.tiles).to(self.device)
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
-        """A host array on the model's device; on a GPU copied from pinned memory without waiting for the device
-        (a plain copy from pageable memory synchronises the stream)."""
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device.type != "cuda":
-            return tensor
-        return tensor.pin_memory().to(self.device, non_blocking=True)
+        return to_device(torch.from_numpy(np.ascontiguousarray(array)), self.device)
 
     def net_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -272,7 +268,8 @@ class TopDownPose:
         host = torch.cat([(view // v)[:, None].float(), fits[:, None].float(), prob[:, None], box,
                           keypoints.flatten(1)], dim=1).cpu().numpy()
         host = host[host[:, 1] > 0]
-        frame, prob, box, keypoints = host[:, 0].astype(np.int64), host[:, 2], host[:, 3:7], host[:, 7:].reshape(-1, 4, 2)
+        frame, prob, box = host[:, 0].astype(np.int64), host[:, 2], host[:, 3:7]
+        keypoints = host[:, 7:].reshape(-1, 4, 2)
         out = []
         for i in range(b):
             mine = frame == i
