@@ -84,12 +84,16 @@ def s3_server(key_id: str = "testing", secret: str = "testing", endpoint_in_env:
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory) -> str:
     """A checkpoint of an untrained, small network: tests of mechanics, not accuracy."""
+    import torch
     from pipeline.models.bottomup import ModelConfig, PoseNet
     from pipeline.models.checkpoint import checkpoint_metadata, save_checkpoint
 
     config = ModelConfig(input_size=128)
     path = tmp_path_factory.mktemp("model") / "random.pt"
-    save_checkpoint(PoseNet(config), str(path), checkpoint_metadata(config))
+    with torch.random.fork_rng():  # the same weights every session: a failure reproduces
+        torch.manual_seed(0)
+        network = PoseNet(config)
+    save_checkpoint(network, str(path), checkpoint_metadata(config))
     return str(path)
 
 
