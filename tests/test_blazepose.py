@@ -18,7 +18,7 @@ from pipeline.models.blazepose import weights
 from pipeline.models.blazepose.convert import ConversionError, load_graph_weights
 from pipeline.models.blazepose.detector import NUM_ANCHORS, ssd_anchors
 from pipeline.models.blazepose.landmarks import VARIANTS, LandmarkNet
-from pipeline.models.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
+from pipeline.models.blazepose.roi import alignment_matrices, crop_matrices, crop_to_frame, sample_rois
 from pipeline.models.blazepose.tflite_graph import UnsupportedGraph, read_graph
 from pipeline.models.blazepose.topdown import decode_detections, oks_nms, refine_from_heatmaps, weighted_nms
 from pipeline.models.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
@@ -270,15 +270,28 @@ def test_crops_and_their_points_map_back_to_the_frame():
     """A bright dot sampled into a rotated crop appears where crop_to_frame maps it back."""
     frames = torch.zeros((2, 200, 300, 3), dtype=torch.uint8)
     frames[1, 119:122, 179:182] = 255                                          # dot centred on pixel (180, 120)
-    roi = rois_from_alignment(torch.tensor([1]), torch.tensor([[150.5, 100.5]]), torch.tensor([[190.5, 70.5]]),
-                              scale=1.0)                                      # side 100, tilted
-    assert abs(float(roi[0, 3]) - 100.0) < 1e-4
-    crop = sample_rois(frames, roi, 128)[0, 0]                                 # (128, 128)
+    start, end = torch.tensor([[150.5, 100.5]]), torch.tensor([[190.5, 70.5]])  # 50 px apart, tilted
+    matrices = alignment_matrices(start, end, scale=1.0, size=128)             # side 100
+    crop = sample_rois(frames, torch.tensor([1]), matrices, 128)[0, 0]         # (128, 128)
     row, col = np.unravel_index(int(crop.argmax()), crop.shape)
-    back = crop_to_frame(roi, torch.tensor([[[(col + 0.5) / 128, (row + 0.5) / 128]]]))[0, 0]
+    back = crop_to_frame(matrices, torch.tensor([[[col + 0.5, row + 0.5]]], dtype=torch.float32))[0, 0]
     assert torch.linalg.vector_norm(back - torch.tensor([180.5, 120.5])) < 1.5  # corner coordinates of the dot
-    up = crop_to_frame(roi, torch.tensor([[[0.5, 0.0]]]))[0, 0]                 # crop top centre: the end point's side
-    assert torch.linalg.vector_norm(up - torch.tensor([190.5, 70.5])) < 51
+    corners = crop_to_frame(matrices, torch.tensor([[[64.0, 64.0], [64.0, 0.0], [0.0, 0.0], [128.0, 128.0]]]))[0]
+    torch.testing.assert_close(corners[0], start[0])                            # centred on the start point,
+    torch.testing.assert_close(corners[1], end[0])                              # the end point straight up (scale 1)
+    assert abs(float(torch.linalg.vector_norm(corners[3] - corners[2])) - 100 * 2 ** 0.5) < 1e-3   # side 100
+
+
+def test_alignment_crops_are_mediapipes_rotated_rectangles():
+    """The matrix form of the alignment crop equals the ROI MediaPipe defines: centre at the start point, side
+    2 |end - start| scale, rotated by pi/2 - atan2(-dy, dx)."""
+    rng = np.random.default_rng(0)
+    start, end = torch.from_numpy(rng.uniform(0, 640, (50, 2))), torch.from_numpy(rng.uniform(0, 640, (50, 2)))
+    delta = end - start
+    angle = math.pi / 2 - torch.atan2(-delta[:, 1], delta[:, 0])
+    rois = torch.stack([torch.zeros(50, dtype=torch.float64), start[:, 0], start[:, 1],
+                        2 * torch.linalg.vector_norm(delta, dim=-1) * 1.25, angle], dim=-1)
+    torch.testing.assert_close(alignment_matrices(start, end, 1.25, 256), crop_matrices(rois, 256))
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
@@ -301,9 +314,11 @@ def test_both_crop_samplers_match_torchs_grid_sample(padding_mode):
         image = frames[int(f)].permute(2, 0, 1).float()[None]
         expected.append(torch.nn.functional.grid_sample(image, grid, padding_mode=padding_mode, align_corners=False))
     expected = torch.cat(expected)
-    assert (warp_rois(frames, rois, 64, padding_mode) - expected).abs().max() < 0.1
-    assert (gather_rois(frames, rois, 64, padding_mode) - expected).abs().max() < 0.05
-    assert torch.equal(sample_rois(frames, rois, 64, padding_mode), warp_rois(frames, rois, 64, padding_mode))
+    frame, matrices = rois[:, 0].long(), crop_matrices(rois, 64)
+    assert (warp_rois(frames, frame, matrices, 64, padding_mode) - expected).abs().max() < 0.1
+    assert (gather_rois(frames, frame, matrices, 64, padding_mode) - expected).abs().max() < 0.05
+    assert torch.equal(sample_rois(frames, frame, matrices, 64, padding_mode),
+                       warp_rois(frames, frame, matrices, 64, padding_mode))
 
 
 def test_heatmap_refinement_moves_a_landmark_to_the_heatmap_peak():

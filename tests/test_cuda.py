@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.blazepose.roi import gather_rois, warp_rois
+from pipeline.models.blazepose.roi import crop_matrices, gather_rois, warp_rois
 from pipeline.models.blazepose.topdown import TopDownConfig
 from pipeline.photos import group_frames
 from pipeline.pose.letterbox import Letterbox
@@ -69,8 +69,9 @@ def test_compiled_nets_on_the_gpu_find_the_same_people(frames):
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
 def test_the_gpu_crop_sampler_cuts_the_cpus_crops(frames, padding_mode):
     rois = torch.tensor([[0, 500.3, 400.7, 300, 0.3], [5, 900, 700, 500, -2.0], [31, 320, 500, 90, 3.1]])
-    on_gpu = gather_rois(torch.from_numpy(frames).cuda(), rois.cuda(), 256, padding_mode).cpu()
-    assert (on_gpu - warp_rois(torch.from_numpy(frames), rois, 256, padding_mode)).abs().max() < 0.1
+    frame, matrices = rois[:, 0].long(), crop_matrices(rois, 256)
+    on_gpu = gather_rois(torch.from_numpy(frames).cuda(), frame.cuda(), matrices.cuda(), 256, padding_mode).cpu()
+    assert (on_gpu - warp_rois(torch.from_numpy(frames), frame, matrices, 256, padding_mode)).abs().max() < 0.1
 
 
 def test_a_decoded_batch_waits_on_the_device_at_most_detect_every_plus_two_times(frames):

@@ -14,6 +14,7 @@ around the maximum (one per axis, the Gaussian is separable) recovers c exactly;
 The refinement is done in torch so the same code runs on the inference device; the numpy entry points wrap it.
 """
 
+import functools
 import logging
 import math
 
@@ -186,29 +187,42 @@ def box_maxima(heatmaps: torch.Tensor, image_index: torch.Tensor, boxes: torch.T
     return torch.where(empty[:, None, None], torch.tensor([float("nan"), float("nan"), 0.0], device=out.device), out)
 
 
-def refine_peaks(heatmaps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
+def refine_peaks(heatmaps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, logits: bool = False) -> torch.Tensor:
     """Sub-pixel location of the maxima at integer pixels (ix, iy), each (B, K, M) long -> (B, K, M, 2) float32.
 
     Per axis, a parabola through the log-heatmap at three consecutive pixels; its vertex is exact for a Gaussian.
     The three pixels are centred on the maximum, or shifted inwards at a border (the vertex is then
     extrapolated, still exact for a Gaussian). Maps too small, flat or not concave there are left at the integer
-    pixel, and the result stays within +-0.5 px of it.
+    pixel, and the result stays within +-0.5 px of it. With `logits`, the maps are logits of the heatmap (its
+    values the sigmoid of them): only the pixels read are turned into log-heatmap values.
     """
     height, width = heatmaps.shape[-2:]
-    flat = heatmaps.flatten(2)  # (B, K, H*W)
-    i = torch.stack([ix, iy], dim=-1)                                          # (B, K, M, 2): x, y
-    centre = torch.stack([ix.clamp(1, max(width - 2, 0)), iy.clamp(1, max(height - 2, 0))], dim=-1)
-    step = torch.tensor([-1, 0, 1], device=ix.device)
-    cols = torch.stack([centre[..., 0, None] + step, ix[..., None].expand(*ix.shape, 3)], dim=-2)   # (B, K, M, 2, 3)
-    rows = torch.stack([iy[..., None].expand(*iy.shape, 3), centre[..., 1, None] + step], dim=-2)
-    index = rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)      # both axes' 3 pixels: one gather
-    logs = flat.gather(2, index.flatten(2)).clamp_min(_LOG_FLOOR).log().view(index.shape)
-    before, at, after = logs.unbind(-1)                                       # (B, K, M, 2)
-    curvature = before - 2 * at + after  # < 0 where the log-map is concave
-    concave = (curvature < -1e-12) & torch.tensor([width >= 3, height >= 3], device=ix.device)
-    vertex = centre + (before - after) / (2 * torch.where(concave, curvature, -torch.ones_like(curvature)))
-    vertex = torch.where(concave, vertex, i.float())
-    return torch.minimum(torch.maximum(vertex, i - 0.5), i + 0.5)
+    upper, own_axis, steps, strides, refinable = _peak_geometry(width, height, ix.device)
+    i = torch.stack([ix, iy], dim=-1)                                           # (B, K, M, 2): x, y
+    centre = torch.minimum(i.clamp_min(1), upper - 1)                           # 3 pixels inside the map
+    # per axis (x, y), the centre along it and the peak across it, then its 3 pixels: (B, K, M, 2, 3, 2)
+    pixels = torch.where(own_axis, centre[..., None, :], i[..., None, :])[..., None, :] + steps
+    index = (torch.minimum(pixels.clamp_min(0), upper) * strides).sum(-1)      # (B, K, M, 2, 3)
+    values = heatmaps.flatten(2).gather(2, index.flatten(2)).view(index.shape)
+    logs = F.logsigmoid(values.float()).clamp_min(math.log(_LOG_FLOOR)) if logits \
+        else values.clamp_min(_LOG_FLOOR).log()
+    before, at, after = logs.unbind(-1)                                         # (B, K, M, 2)
+    curvature = before + after - 2 * at  # < 0 where the log-map is concave
+    concave = (curvature < -1e-12) & refinable
+    shift = torch.where(concave, centre - i + (before - after) / (2 * curvature), 0.0)
+    return i + shift.clamp(-0.5, 0.5)
+
+
+@functools.lru_cache(maxsize=32)
+def _peak_geometry(width: int, height: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Constants of `refine_peaks` for (height, width) maps: the last pixel per axis (2,), which axis each of the
+    two fits moves along (2, 2), the 3-pixel steps of each fit (2, 3, 2), the flat index strides (2,) and whether
+    each axis is long enough to fit (2,)."""
+    with torch.inference_mode(False):  # constants shared by inference and ordinary calls
+        own_axis = torch.eye(2, dtype=torch.bool, device=device)
+        steps = own_axis[:, None, :] * torch.arange(-1, 2, device=device)[None, :, None]
+        return (torch.tensor([width - 1, height - 1], device=device), own_axis, steps,
+                torch.tensor([1, width], device=device), torch.tensor([width >= 3, height >= 3], device=device))
 
 
 def _max_3x3(heatmaps: torch.Tensor) -> torch.Tensor:

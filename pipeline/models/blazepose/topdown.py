@@ -5,7 +5,7 @@ For a batch of frames (already letterboxed to a square, uint8, on the device):
 1. **Detect** on the whole frame and on overlapping tiles (small people), all views in one detector batch; decode the
    SSD anchors, then weighted NMS per frame over all views' candidates (`decode_detections`, `weighted_nms`).
 2. **Crop** a rotated square per person from the detector's alignment points (mid-hip -> above the head), all people of
-   all frames in one `grid_sample` (`roi.sample_rois`), and run the landmark net once on them.
+   all frames in one sampling call (`roi.sample_rois`), and run the landmark net once on them.
 3. **Refine** (optional): re-crop from the landmark net's own alignment points (landmarks 33/34) and run it again.
 4. **Decode** landmarks: sub-pixel peaks of the 64x64 heatmaps near them, back to frame pixels, BlazePose-33 -> COCO-17;
    drop crops whose presence is low and duplicates by OKS.
@@ -20,6 +20,8 @@ Outputs are in frame pixels with pixel centres on integers, like the rest of pos
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +30,7 @@ import torch
 from pipeline.models.blazepose import detector as det
 from pipeline.models.blazepose.landmarks import INPUT_SIZE as CROP_SIZE
 from pipeline.models.blazepose.layers import Float32
-from pipeline.models.blazepose.roi import crop_to_frame, rois_from_alignment, sample_rois
+from pipeline.models.blazepose.roi import alignment_matrices, crop_matrices, crop_to_frame, sample_rois
 from pipeline.models.runtime import to_device
 from pipeline.pose.heatmaps import refine_peaks
 from pipeline.pose.keypoints import OKS_SIGMAS
@@ -163,6 +165,8 @@ def refine_from_heatmaps(xy: torch.Tensor, heatmaps: torch.Tensor, kernel: int =
     MediaPipe's RefineLandmarksFromHeatmap takes the window's weighted mean instead; the peak scored higher on
     real-dev (docs/real-people.md). Heatmap pixel j maps to crop pixel stride * j, as MediaPipe maps it.
 
+    Only the window and the peak's neighbours are read, as logits: the sigmoid of whole maps is never computed.
+
     Args:
         xy: (R, L, 2) crop pixels (0..256); heatmaps: (R, L, h, w) logits.
     Returns:
@@ -171,17 +175,23 @@ def refine_from_heatmaps(xy: torch.Tensor, heatmaps: torch.Tensor, kernel: int =
     h, w = heatmaps.shape[-2:]
     stride = CROP_SIZE / w
     centre = torch.floor(xy / stride).long()                                   # (R, L, 2) col, row
-    offsets = torch.arange(kernel, device=xy.device) - (kernel - 1) // 2
-    cells = centre[..., None, :] + torch.cartesian_prod(offsets, offsets).flip(-1)  # (R, L, k*k, 2), row by row
+    cells = centre[..., None, :] + _window(kernel, xy.device)                  # (R, L, k*k, 2), row by row
     cols, rows = cells.unbind(-1)                                              # (R, L, k*k)
     inside = (cells >= 0).all(-1) & (cols < w) & (rows < h)
-    confidence = torch.sigmoid(heatmaps.float())                               # (R, L, h, w)
-    window = confidence.flatten(2).gather(2, rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)) * inside
-    best = window.argmax(-1, keepdim=True)                                     # (R, L, 1)
+    logits = heatmaps.float().flatten(2).gather(2, rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1))
+    best_logit, best = logits.masked_fill(~inside, -math.inf).max(-1, keepdim=True)   # (R, L, 1)
     ix, iy = cols.gather(2, best).clamp(0, w - 1), rows.gather(2, best).clamp(0, h - 1)
-    peak = refine_peaks(confidence, ix, iy)[:, :, 0] * stride                  # (R, L, 2)
-    use = window.amax(-1) >= min_confidence
-    return torch.where(use[..., None], peak, xy)
+    peak = refine_peaks(heatmaps, ix, iy, logits=True)[:, :, 0] * stride       # (R, L, 2)
+    use = torch.sigmoid(best_logit) >= min_confidence
+    return torch.where(use, peak, xy)
+
+
+@functools.lru_cache(maxsize=8)
+def _window(kernel: int, device: torch.device) -> torch.Tensor:
+    """(k*k, 2) col, row offsets of a kernel x kernel window around a pixel, row by row (a cached constant)."""
+    with torch.inference_mode(False):
+        offsets = torch.arange(kernel, device=device) - (kernel - 1) // 2
+        return torch.cartesian_prod(offsets, offsets).flip(-1)
 
 
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -255,9 +265,10 @@ class TopDownPose:
         views = detector_views(content, self.layout)                               # (B, V, 4)
         b, v = views.shape[:2]
         flat = views.reshape(b * v, 4)
-        rois = torch.cat([torch.arange(b, device=frames.device).repeat_interleave(v)[:, None].float(),
-                          flat[:, :2] + flat[:, 2:3] / 2, flat[:, 2:3], torch.zeros_like(flat[:, :1])], dim=-1)
-        x = sample_rois(frames, rois, det.INPUT_SIZE) / 127.5 - 1.0               # (B*V, 3, 224, 224) in [-1, 1]
+        rois = torch.cat([torch.zeros_like(flat[:, :1]), flat[:, :2] + flat[:, 2:3] / 2, flat[:, 2:3],
+                          torch.zeros_like(flat[:, :1])], dim=-1)                  # upright squares
+        frame = torch.arange(b, device=frames.device).repeat_interleave(v)
+        x = sample_rois(frames, frame, crop_matrices(rois, det.INPUT_SIZE), det.INPUT_SIZE) / 127.5 - 1.0
         with self.autocast():
             scores, boxes = self.detector(self.net_input(x))
         view, prob, box, keypoints = decode_detections(scores, boxes, self.anchors, flat[:, :3],
@@ -278,31 +289,32 @@ class TopDownPose:
         return out
 
     @torch.inference_mode()
-    def run_landmarks(self, frames: torch.Tensor, rois: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Landmark net on every ROI of frames (B, S, S, 3) uint8: one crop batch. Returns landmarks (R, 39, 3) x, y
-        frame corner coordinates and score, alignment (R, 2, 2) and presence (R,)."""
-        crops = sample_rois(frames, rois, CROP_SIZE, padding_mode="border") / 255.0   # (R, 3, 256, 256) in [0, 1]
+    def run_landmarks(self, frames: torch.Tensor, frame: torch.Tensor, matrices: torch.Tensor
+                      ) -> dict[str, torch.Tensor]:
+        """Landmark net on crops (R, 2, 3) of frames[frame] (frames (B, S, S, 3) uint8): one crop batch. Returns
+        landmarks (R, 39, 3) x, y frame corner coordinates and score, alignment (R, 2, 2) and presence (R,)."""
+        crops = sample_rois(frames, frame, matrices, CROP_SIZE, padding_mode="border") / 255.0  # (R, 3, 256, 256)
         with self.autocast():
             out = self.landmarks(self.net_input(crops))
         raw = out["landmarks"].float()                                                 # (R, 39, 5)
         xy = raw[..., :2]
         if self.config.heatmap_refine:
             xy = refine_from_heatmaps(xy, out["heatmaps"])
-        xy = crop_to_frame(rois, xy / CROP_SIZE)                                        # (R, 39, 2)
+        xy = crop_to_frame(matrices, xy)                                                # (R, 39, 2)
         score = torch.sigmoid(raw[..., 3])                                              # visibility
         return {"landmarks": torch.cat([xy, score[..., None]], dim=-1),
                 "alignment": xy[:, HIP_CENTRE:ABOVE_HEAD + 1], "presence": out["presence"].float()[:, 0]}
 
-    def rois(self, frame: torch.Tensor, alignment: torch.Tensor) -> torch.Tensor:
-        return rois_from_alignment(frame, alignment[:, 0], alignment[:, 1], self.config.roi_scale)
+    def crops(self, alignment: torch.Tensor) -> torch.Tensor:
+        return alignment_matrices(alignment[:, 0], alignment[:, 1], self.config.roi_scale, CROP_SIZE)
 
     def people_in(self, frames: torch.Tensor, frame: torch.Tensor, alignment: torch.Tensor,
                   refine: int) -> dict[str, torch.Tensor]:
         """Landmarks for people given by alignment points (R, 2, 2) in frames[frame], rerun `refine` times from the
         net's own alignment points."""
-        found = self.run_landmarks(frames, self.rois(frame, alignment))
+        found = self.run_landmarks(frames, frame, self.crops(alignment))
         for _ in range(refine if len(frame) else 0):
-            found = self.run_landmarks(frames, self.rois(frame, found["alignment"]))
+            found = self.run_landmarks(frames, frame, self.crops(found["alignment"]))
         return found
 
     @torch.inference_mode()
@@ -339,7 +351,7 @@ class TopDownPose:
             frame_ids, from_detector = np.array(frame_ids, np.int64), np.array(from_detector, bool)
             on_device = self.to_device(frame_ids)
             points = self.to_device(np.concatenate(alignment))
-            found = self.run_landmarks(frames, self.rois(on_device, points))
+            found = self.run_landmarks(frames, on_device, self.crops(points))
             if c.refine and from_detector.any():    # followed people were cropped from landmarks already
                 again = self.to_device(np.flatnonzero(from_detector))
                 refined = self.people_in(frames, on_device[again], found["alignment"][again], refine=c.refine - 1)
@@ -362,9 +374,9 @@ class TopDownPose:
         b = torch.from_numpy(np.concatenate(boxes).reshape(-1, 4)).float()
         rois = torch.stack([frame.float(), b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2,
                             b[:, 2:].amax(-1) * self.config.roi_scale, torch.zeros(len(b))], dim=-1)
-        found = self.run_landmarks(frames, rois.to(self.device))
-        found = self.to_people(self.people_in(frames, frame.to(self.device), found["alignment"],
-                                              refine=self.config.refine))
+        frame = frame.to(self.device)
+        found = self.run_landmarks(frames, frame, crop_matrices(rois.to(self.device), CROP_SIZE))
+        found = self.to_people(self.people_in(frames, frame, found["alignment"], refine=self.config.refine))
         return [found[frame.numpy() == i] for i in range(len(boxes))]
 
     def to_people(self, found: dict[str, torch.Tensor]) -> People:
