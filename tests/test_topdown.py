@@ -89,6 +89,35 @@ def test_frames_at_their_own_size_find_the_people_of_letterboxed_frames(estimato
     np.testing.assert_allclose(got["keypoints"], expected["keypoints"], atol=1e-3)
 
 
+def test_a_call_holding_several_decoded_batches_runs_them_one_at_a_time():
+    """Ray may join decoded batches of several videos into one call; the actor cuts them apart again (memory follows
+    decode.batch_size) and finds, batch by batch, what one call per decoded batch finds."""
+    from pipeline.config import ModelSettings
+    from pipeline.stages.infer import decoded_batches
+
+    video_ids, real = np.array(["a"] * 10 + ["b"] * 3 + ["a"] * 4), np.arange(17)
+    assert [p.tolist() for p in decoded_batches(video_ids, real, 4)] == [
+        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9], [10, 11, 12], [13, 14, 15, 16]]
+    assert [len(p) for p in decoded_batches(video_ids, real, None)] == [10, 3, 4]
+
+    estimator = PoseEstimator(ModelSettings().checkpoint, device="cpu", threads=2, frame_size=512, decoded_batch=4)
+    clips = {"a": pan_and_zoom(read_photo("astronaut.png"), 6, (480, 360)),
+             "c": pan_and_zoom(read_photo("camera.png"), 4, (360, 480))}
+    batches = [frame_batch(name, np.arange(start, min(start + 4, len(clip))), np.zeros(min(4, len(clip) - start)),
+                           np.stack(clip[start:start + 4]), *clip[0].shape[1::-1])
+               for name, clip in clips.items() for start in range(0, len(clip), 4)]      # 4 + 2, then 4 frames
+    images = np.empty(sum(len(batch["image"]) for batch in batches), dtype=object)   # two sizes: Ray's object array
+    images[:] = [image for batch in batches for image in batch["image"]]
+    joined = concat([batch | {"image": np.zeros((len(batch["image"]), 1, 1, 3), np.uint8)} for batch in batches])
+    sizes, predict = [], estimator.predict
+    estimator.predict = lambda frames, *args: sizes.append(len(frames)) or predict(frames, *args)
+    got = estimator(joined | {"image": images})
+    assert sizes == [4, 2, 4]                                                  # one decoded batch per model call
+    expected = concat([estimator(batch) for batch in batches])
+    assert got["video_id"].tolist() == expected["video_id"].tolist() and (got["person_index"] >= 0).any()
+    np.testing.assert_allclose(got["keypoints"], expected["keypoints"], atol=1e-4)
+
+
 def counting_detector(model: TopDownModel) -> list[int]:
     """Record how many frames each detector call covers."""
     calls: list[int] = []

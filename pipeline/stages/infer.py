@@ -49,16 +49,20 @@ def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarra
     return [frame] * len(keypoints), np.arange(len(keypoints), dtype=np.int32), scores.astype(np.float32), out
 
 
-def video_sizes(batch: dict[str, np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
-    """`rows` grouped by the size of their video and of their image, in order of first appearance. Ray hands frames
-    of one shape as one array, and frames of several shapes (videos of several sizes in one batch, when frames
-    travel at their own size) as an object array of arrays."""
-    images = batch["image"]
-    groups: dict[tuple, list[int]] = {}
-    for row in rows.tolist():
-        shape = images[row].shape if images.dtype == object else images.shape[1:]
-        groups.setdefault((int(batch["width"][row]), int(batch["height"][row]), shape), []).append(row)
-    return [np.array(group, np.int64) for group in groups.values()]
+def decoded_batches(video_ids: np.ndarray, rows: np.ndarray, size: int | None) -> list[np.ndarray]:
+    """`rows` (frames, in order) cut into the decoded batches they came in: runs of one video, each cut every `size`
+    frames (None: not cut).
+
+    Ray hands the actor blocks, and bundles of them, that hold whole decoded batches: consecutive frames of one video,
+    `size` of them but for a video's last. A run of one video's rows therefore starts on a decoded batch, and cutting
+    it every `size` frames gives the batches back, wherever Ray cut and joined blocks.
+    """
+    ids = video_ids[rows]
+    starts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    pieces = []
+    for run in np.split(rows, starts) if len(rows) else []:
+        pieces += np.split(run, range(size, len(run), size)) if size else [run]
+    return pieces
 
 
 class PoseEstimator:
@@ -68,10 +72,12 @@ class PoseEstimator:
                  grouping: GroupingConfig = GroupingConfig(), threads: int | None = None,
                  storage_options: dict[str, Any] | None = None, flip_test: bool = False,
                  topdown: TopDownConfig = TopDownConfig(), compile_model: bool = False, runtime: str = "auto",
-                 frame_size: int | None = None):
+                 frame_size: int | None = None, decoded_batch: int | None = None):
         """`frame_size`: None when frames arrive letterboxed into the model's square; else they arrive at their own
-        aspect, shrunk to fit it (the top-down model's decode), and are letterboxed here on the device."""
-        self.frame_size = frame_size
+        aspect, shrunk to fit it (the top-down model's decode), and are letterboxed here on the device, one decoded
+        batch of `decoded_batch` frames (`decode.batch_size`) at a time: the actor's memory follows that setting,
+        not how many batches Ray bundles into one call."""
+        self.frame_size, self.decoded_batch = frame_size, decoded_batch
         if threads:
             torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
         self.device = inference_device(device)
@@ -100,7 +106,9 @@ class PoseEstimator:
         return self.model.find_people(frames, content, chains)
 
     def letterboxed(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> torch.Tensor:
-        """The frames of `rows` (one video size) on the device, letterboxed into the model's square."""
+        """The frames of `rows` (one video) on the device, letterboxed into the model's square. Ray hands frames of
+        one shape as one array, and frames of several shapes (videos of several sizes in one block) as an object
+        array of arrays."""
         images = batch["image"][rows]
         images = np.stack(list(images)) if images.dtype == object else images
         letterbox = Letterbox.fit(int(batch["width"][rows[0]]), int(batch["height"][rows[0]]), self.frame_size)
@@ -109,7 +117,8 @@ class PoseEstimator:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         real = np.flatnonzero(~batch["is_end"])
         found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        groups = video_sizes(batch, real) if self.frame_size else ([real] if len(real) else [])
+        groups = decoded_batches(batch["video_id"], real, self.decoded_batch) if self.frame_size \
+            else ([real] if len(real) else [])
         for rows in groups:
             frames = batch["image"][rows] if self.frame_size is None else self.letterboxed(batch, rows)
             people = self.predict(frames, batch["width"][rows], batch["height"][rows],
