@@ -206,7 +206,8 @@ class ModelSettings(StrictModel):
                                                  # onto added nodes
     threads: PositiveInt | None = None           # torch threads per CPU actor; None: an equal share of the
                                                  # cluster's CPUs (decoders and the driver use few of theirs)
-    cpus_per_worker: PositiveFloat = 1.0         # CPUs reserved by each inference actor
+    cpus_per_worker: PositiveFloat = 1.0         # CPUs reserved by each inference actor, on a GPU too (its host
+                                                 # thread: the person finding's loop, NMS, kernel launches)
     memory_gb: PositiveFloat | None = None       # memory reserved per inference actor (Ray `memory`); None:
                                                  # estimated for the model kind (pipeline.stages.plan)
 

@@ -278,17 +278,19 @@ def test_pools_shrink_to_fit_memory_reservations_or_fail_clearly():
 
 
 def test_decode_actors_share_the_cpus_inference_leaves_so_no_actor_waits():
-    assert decode_cpus(1, 1, RunConfig(), cpus=2, gpus=0) == 0.75      # a quarter CPU stays for the write tasks
-    assert decode_cpus(2, 1, RunConfig(), cpus=2, gpus=0) == 0.375     # not 3 CPUs asked of 2: all actors run
-    assert decode_cpus(4, 1, RunConfig(), cpus=16, gpus=1.0) == 1.0    # GPU inference actors reserve no CPU
+    assert decode_cpus(1, 1, RunConfig(), cpus=2) == 0.75      # a quarter CPU stays for the write tasks
+    assert decode_cpus(2, 1, RunConfig(), cpus=2) == 0.375     # not 3 CPUs asked of 2: all actors run
+    assert decode_cpus(4, 1, RunConfig(), cpus=16) == 1.0              # 14.75 CPUs left for 4
+    assert decode_cpus(4, 1, RunConfig(), cpus=4) == 0.6875            # a GPU actor too reserves its host's CPU
     with pytest.raises(ConfigError, match="leave none to decode"):
-        decode_cpus(1, 2, RunConfig(), cpus=2, gpus=0)
+        decode_cpus(1, 2, RunConfig(), cpus=2)
 
 
 def test_pools_from_the_cluster_resources():
     assert plan_pools(RunConfig(), cpus=2, gpus=0, memory=8 * 2**30) == Pools(1, 1, 0.75, 0.0, 2)  # all CPUs
     assert plan_pools(RunConfig(), cpus=16, gpus=0, memory=8 * 2**30) == Pools(4, 12, 0.9375, 0.0, 1)
     assert plan_pools(RunConfig(), cpus=16, gpus=2, memory=8 * 2**30) == Pools(4, 2, 1.0, 1.0, None)
+    assert plan_pools(RunConfig(), cpus=2, gpus=1, memory=8 * 2**30) == Pools(1, 1, 0.75, 1.0, None)  # 1 CPU kept
     two_decoders = RunConfig.model_validate({"decode": {"workers": 2}})
     assert plan_pools(two_decoders, cpus=2, gpus=0, memory=8 * 2**30) == Pools(2, 1, 0.375, 0.0, 2)
     on_cpu = RunConfig.model_validate({"model": {"device": "cpu", "threads": 2}})

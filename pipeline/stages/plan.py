@@ -96,7 +96,7 @@ def plan_pools(config: RunConfig, cpus: float, gpus: int, memory: float, input_s
     # 37 for inference on 2 CPUs), so 2 threads on 2 CPUs ran the pipeline 1.19x faster than the 1 reserved
     threads = config.model.threads or (None if use_gpu else max(1, int(config.model.cpus_per_worker),
                                                                  int(cpus) // infer))
-    return Pools(decode, infer, decode_cpus(decode, infer, config, cpus, infer_gpus), infer_gpus, threads,
+    return Pools(decode, infer, decode_cpus(decode, infer, config, cpus), infer_gpus, threads,
                  per_decode, per_infer)
 
 
@@ -144,16 +144,19 @@ def fit_memory(decode: int, infer: int, per_decode: int, per_infer: int, availab
     return decode, infer
 
 
-def decode_cpus(decode: int, infer: int, config: RunConfig, cpus: float, gpus: float) -> float:
-    """CPUs each decode actor reserves: one, or an equal share of what the inference actors leave.
+def decode_cpus(decode: int, infer: int, config: RunConfig, cpus: float) -> float:
+    """CPUs each decode actor reserves: one, or an equal share of what the inference actors (on CPUs or GPUs) and
+    the write tasks leave.
 
     Ray places an actor only where its CPUs are free, so pools that ask for more CPUs than the cluster has leave the
     inference actors pending until decoding ends (measured: 2 decode + 1 inference actor on 2 CPUs ran 3.4
     frames/s instead of 65). Decode actors then share the cores left, and the OS scheduler shares the time.
     Raises ConfigError when the inference actors alone take every CPU.
     """
-    # the write tasks (tracking, Parquet) need a share as well: a task that found no free CPU would wait forever
-    left = cpus - (0.0 if gpus else infer * config.model.cpus_per_worker) - config.write.cpus
+    # the write tasks (tracking, Parquet) need a share as well: a task that found no free CPU would wait forever;
+    # an inference actor reserves its CPUs on a GPU too: its host thread (the person finding's Python loop, NMS,
+    # kernel launches) keeps the GPU fed only on a core that decode actors do not also claim
+    left = cpus - infer * config.model.cpus_per_worker - config.write.cpus
     if left <= 0:
         raise ConfigError(f"model.workers x model.cpus_per_worker = {infer} x {config.model.cpus_per_worker:g} CPUs "
                           f"take all {cpus:g} CPUs of the cluster and leave none to decode; lower them or add nodes")
@@ -241,7 +244,7 @@ def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = Fals
     ds = ds.map_batches(
         PoseEstimator, batch_size=None if topdown else config.model.batch_size,
         compute=actor_pool(pools.infer, config.model.workers is not None or not grows),
-        num_gpus=pools.infer_gpus, num_cpus=0 if pools.infer_gpus else config.model.cpus_per_worker,
+        num_gpus=pools.infer_gpus, num_cpus=config.model.cpus_per_worker,
         memory=pools.infer_memory, **retries,
         fn_constructor_kwargs=dict(checkpoint=config.model.checkpoint, device=config.model.device,
                                    precision=config.model.precision, flip_test=config.model.flip_test,
