@@ -231,19 +231,27 @@ def test_a_run_on_videos_of_real_people_tracks_them_where_the_camera_moved_them(
 
 @pytest.mark.slow
 def test_compiled_nets_find_the_same_people(tmp_path, monkeypatch):
-    """model.compile: torch.compile on both nets gives the eager model's people (to rounding).
+    """model.compile: torch.compile on both nets gives the eager model's people (to rounding), with one graph per
+    net whatever the number of views and crops.
 
     A fresh inductor cache: its FX graph cache is keyed without the vector ISA, so a run under
     ATEN_CPU_CAPABILITY=default reused vectorized kernels from an earlier run and failed to compile them."""
+    from torch._dynamo.utils import counters
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     image = read_photo("astronaut.png")
-    frames, _ = frames_of([image, image[:, ::-1].copy()])
-    size = np.array([image.shape[1]] * 2)
+    frames, _ = frames_of([image, image[:, ::-1].copy(), read_photo("camera.png")])
+    size = np.array([image.shape[1]] * 3)
     eager = PoseEstimator("blazepose-lite", device="cpu", precision="fp32", threads=2, runtime="torch")
     compiled = PoseEstimator("blazepose-lite", device="cpu", precision="fp32", threads=2, compile_model=True)
-    for (kp, scores), (kp_c, scores_c) in zip(eager.predict(frames, size, size), compiled.predict(frames, size, size)):
-        assert len(scores) == len(scores_c) >= 1
-        np.testing.assert_allclose(kp_c, kp, atol=1.0)  # a heatmap peak's parabola moves with rounding
+    torch._dynamo.reset()
+    counters.clear()
+    for n in (2, 1, 3):                                     # 14-42 detector views, 1-6 crops per landmark call
+        found = zip(eager.predict(frames[:n], size[:n], size[:n]), compiled.predict(frames[:n], size[:n], size[:n]))
+        for (kp, scores), (kp_c, scores_c) in found:
+            assert len(scores) == len(scores_c) >= 1
+            np.testing.assert_allclose(kp_c, kp, atol=1.0)  # a heatmap peak's parabola moves with rounding
+    assert counters["stats"]["unique_graphs"] == 2          # the detector's and the landmark net's
 
 
 def test_a_decode_batch_that_splits_the_detector_runs_is_refused(tmp_path, capsys):

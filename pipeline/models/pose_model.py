@@ -23,7 +23,7 @@ from pipeline.models.checkpoint import (
     resolve_checkpoint,
 )
 from pipeline.models.onnx_net import OnnxNet
-from pipeline.models.runtime import autocast_dtype, pick_runtime, prepare_model, run_network
+from pipeline.models.runtime import autocast_dtype, compile_padded, pick_runtime, prepare_model, run_network
 from pipeline.pose.grouping import GroupingConfig, group_people_batch
 from pipeline.pose.heatmaps import heatmap_to_input
 from pipeline.pose.keypoints import NUM_KEYPOINTS
@@ -87,11 +87,12 @@ class TopDownModel:
         self.pose = TopDownPose(detector, landmarks, config, dtype, device)
 
     def compile(self) -> None:
-        """torch.compile both nets; crop batches vary in size, so the batch dimension becomes dynamic after the
-        second size seen (two recompiles, then every size runs compiled)."""
+        """torch.compile both nets, one graph each: views and crop batches vary in size, so both run on batches
+        padded to a multiple of 16 with a dynamic batch dimension (`runtime.PaddedBatch`)."""
         if self.runtime != "torch":
             raise ValueError("model.compile needs model.runtime torch (or auto)")
-        self.pose.detector, self.pose.landmarks = torch.compile(self.pose.detector), torch.compile(self.pose.landmarks)
+        pose = self.pose
+        pose.detector, pose.landmarks = compile_padded(pose.detector), compile_padded(pose.landmarks)
 
     def find_people(self, frames: torch.Tensor, content: torch.Tensor | np.ndarray,
                     chains: list[list[int]] | None = None) -> PeoplePerFrame:
