@@ -190,7 +190,8 @@ class ModelSettings(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: cuda when the actor has a GPU, else cpu
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # autocast dtype; auto: fp32 for top-down models
                                                  # (bf16 loses them accuracy), and for the bottom-up net bf16 where
-                                                 # the device runs it natively (GPUs, AMX/AVX512-BF16 CPUs)
+                                                 # the device runs it natively (GPUs, AMX/AVX512-BF16 CPUs); fp16
+                                                 # runs as fp32 on CPUs (a warning says so)
     runtime: Literal["auto", "torch", "onnxruntime"] = "auto"  # what runs a top-down model's nets; auto: ONNX
                                                  # Runtime for fp32 on a CPU (faster there, docs/performance.md),
                                                  # torch on GPUs, in bf16/fp16 and compiled

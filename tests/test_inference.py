@@ -87,6 +87,10 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_runs_it_natively(monkeypat
     assert "emulated" in caplog.text
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert autocast_dtype("auto", cpu) is torch.bfloat16
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.models.runtime"):
+        assert autocast_dtype("fp16", cpu) is None            # no fast fp16 on CPUs: fp32, and the user is told
+    assert "runs as fp32 on a CPU" in caplog.text
     with pytest.raises(ValueError, match="precision"):
         autocast_dtype("int8", cpu)
 

@@ -117,7 +117,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The dtype to autocast the network to on `device`, or None for plain fp32.
 
     `auto` takes bf16 where the hardware runs it natively (a CUDA GPU with bf16, a CPU with AMX/AVX512-BF16) and fp32
-    elsewhere. An explicit `bf16` on a CPU without native bf16 is honoured, with a warning: it is much slower.
+    elsewhere. An explicit `bf16` on a CPU without native bf16 is honoured, with a warning: it is much slower; `fp16`
+    on a CPU runs fp32, with a warning.
     """
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"expected precision auto, fp32, bf16 or fp16, got {precision!r}")
@@ -131,6 +132,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" and not native:
         logger.warning("precision bf16 on a CPU without AMX/AVX512-BF16 is emulated and runs several times slower "
                        "than fp32; use precision auto or fp32")
+    if precision == "fp16":
+        logger.warning("precision fp16 runs as fp32 on a CPU (no fast fp16 convolutions there); fp16 is for GPUs")
     return CPU_AUTOCAST_DTYPES.get(precision)
 
 
