@@ -75,7 +75,8 @@ def test_the_gpu_crop_sampler_cuts_the_cpus_crops(frames, padding_mode):
 
 
 def test_a_decoded_batch_waits_on_the_device_at_most_detect_every_plus_two_times(frames):
-    """Host-device synchronisations of one 32-frame batch of one video (torch's sync debug mode counts each)."""
+    """Host-device synchronisations of one 32-frame batch of one video (torch's sync debug mode counts each; on a
+    CPU, tests/test_topdown.py counts the host reads of the same code path)."""
     config = TopDownConfig()
     estimator = PoseEstimator("blazepose-heavy", device="cuda", precision="fp32", topdown=config)
     people(estimator, frames)                                                  # warm-up

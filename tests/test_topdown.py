@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from pipeline.models.blazepose.topdown import TopDownConfig
 from pipeline.models.pose_model import TopDownModel, load_pose_model
@@ -116,6 +117,50 @@ def test_a_call_holding_several_decoded_batches_runs_them_one_at_a_time():
     expected = concat([estimator(batch) for batch in batches])
     assert got["video_id"].tolist() == expected["video_id"].tolist() and (got["person_index"] >= 0).any()
     np.testing.assert_allclose(got["keypoints"], expected["keypoints"], atol=1e-4)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the torch calls that read a tensor's values on the host: on a GPU each makes the host wait for the
+    device (`.cpu()`, `.item()`, `.tolist()`, truth values, `nonzero`, boolean-mask indexing...). `.numpy()` is not
+    counted: a device tensor must come to the host before it, and that is counted."""
+
+    READS = {torch.Tensor.cpu, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+             torch.Tensor.__float__, torch.Tensor.__index__, torch.nonzero, torch.Tensor.nonzero, torch.argwhere,
+             torch.masked_select, torch.Tensor.masked_select, torch.unique, torch.Tensor.unique}
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        index = args[1] if func is torch.Tensor.__getitem__ else ()
+        masks = [i for i in (index if isinstance(index, tuple) else (index,))
+                 if isinstance(i, torch.Tensor) and i.dtype == torch.bool]
+        if func in self.READS or masks:
+            self.reads.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_decoded_batch_reads_device_values_at_most_detect_every_plus_two_times(monkeypatch):
+    """The host-device waits of tests/test_cuda.py, counted on a CPU (no GPU needed): the person finding as a GPU
+    runs it (torch nets, the one-gather crop sampler), over one 32-frame batch of one video of real people."""
+    from pipeline.models.blazepose import topdown
+    from pipeline.models.blazepose.roi import gather_rois
+    from pipeline.models.pose_model import picture_boxes
+    from pipeline.photos import group_frames
+
+    picture = (640, 360)
+    letterbox = Letterbox.fit(*picture, 1024)
+    frames = torch.from_numpy(np.stack([letterbox.apply(frame) for frame in group_frames(32, picture)]))
+    config = TopDownConfig()
+    model, _ = load_pose_model("blazepose-heavy", torch.device("cpu"), "fp32", topdown=config, runtime="torch")
+    monkeypatch.setattr(topdown, "sample_rois", lambda frames, frame, matrices, size, padding_mode="zeros":
+                        gather_rois(frames, frame, matrices, size, padding_mode))
+    content = torch.from_numpy(picture_boxes(np.full(32, picture[0]), np.full(32, picture[1]), 1024))
+    with HostReads() as mode:
+        people = model.pose.estimate(frames, content, [list(range(32))])
+    assert sum(len(p.scores) for p in people) >= 32                            # people found: every step ran
+    assert len(mode.reads) <= config.detect_every + 2, mode.reads
 
 
 def counting_detector(model: TopDownModel) -> list[int]:
