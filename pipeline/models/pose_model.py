@@ -41,8 +41,8 @@ def missing_keypoints(n: int) -> np.ndarray:
 
 
 class BottomUpModel:
-    """The bottom-up network (`pipeline.models.bottomup.PoseNet`): heatmaps and PAFs of whole frames, peaks and grouping on the
-    device."""
+    """The bottom-up network (`pipeline.models.bottomup.PoseNet`): heatmaps and PAFs of whole frames, peaks and
+    grouping on the device."""
 
     kind = BOTTOM_UP
 

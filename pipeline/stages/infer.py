@@ -2,8 +2,9 @@
 
 Two kinds of model share the stage (`load_pose_model` picks by the checkpoint's metadata): the bottom-up network
 (`BottomUpModel`: heatmaps + PAFs of the whole frame, peaks and grouping) and an imported top-down model
-(`TopDownModel`: person detector, then a landmark net per person crop, see pipeline/models/blazepose). Both run entirely on
-the device, so only compact per-person rows leave the actor: full heatmaps never travel through Ray's object store.
+(`TopDownModel`: person detector, then a landmark net per person crop, see pipeline/models/blazepose). Both run
+entirely on the device, so only compact per-person rows leave the actor: full heatmaps never travel through Ray's
+object store.
 Keypoints are mapped back to original image pixels here, so every later stage works in image pixels.
 """
 
