@@ -156,8 +156,7 @@ def config_hash(config: BaseModel) -> str:
 import datetime  # noqa: E402  (kept beside the job config it serves)
 from typing import Literal  # noqa: E402
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt  # noqa: E402
-from pydantic import model_validator  # noqa: E402
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator  # noqa: E402
 
 from pipeline.models.blazepose.topdown import TopDownConfig  # noqa: E402
 from pipeline.pose.grouping import GroupingConfig  # noqa: E402

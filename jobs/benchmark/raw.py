@@ -193,7 +193,8 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
 def person_finding_glue(pose, forward: Callable[[], None], device, repeats: int = 3) -> dict:
     """Where a top-down model's time goes besides its nets, for `forward` (one batch's person finding): the
     fraction of its wall time outside the nets' forwards, the batch sizes that reach each net, and the torch
-    operators it launches outside the nets (a profiler count of top-level operators)."""
+    operators it launches (a profiler count of top-level operators: outside the nets under ONNX Runtime, whose
+    nets launch none; a torch net's own operators are counted too)."""
     import torch
 
     seconds, sizes = {"detector": 0.0, "landmarks": 0.0}, {"detector": [], "landmarks": []}

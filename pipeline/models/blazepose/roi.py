@@ -138,4 +138,3 @@ def gather_rois(frames: torch.Tensor, frame: torch.Tensor, matrices: torch.Tenso
             pixel = flat[base + yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)].float()  # (R, size, size, C)
             out = out + pixel * (wx * wy * inside)
     return out.permute(0, 3, 1, 2).contiguous()
-

@@ -374,9 +374,9 @@ class TopDownPose:
         b = torch.from_numpy(np.concatenate(boxes).reshape(-1, 4)).float()
         rois = torch.stack([frame.float(), b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2,
                             b[:, 2:].amax(-1) * self.config.roi_scale, torch.zeros(len(b))], dim=-1)
-        frame = frame.to(self.device)
-        found = self.run_landmarks(frames, frame, crop_matrices(rois.to(self.device), CROP_SIZE))
-        found = self.to_people(self.people_in(frames, frame, found["alignment"], refine=self.config.refine))
+        on_device = frame.to(self.device)
+        found = self.run_landmarks(frames, on_device, crop_matrices(rois.to(self.device), CROP_SIZE))
+        found = self.to_people(self.people_in(frames, on_device, found["alignment"], refine=self.config.refine))
         return [found[frame.numpy() == i] for i in range(len(boxes))]
 
     def to_people(self, found: dict[str, torch.Tensor]) -> People:
