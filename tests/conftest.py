@@ -35,6 +35,20 @@ def encode_video(path: str | Path, num_frames: int = 24, width: int = 160, heigh
     return path
 
 
+def ray_block(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Frame batches as the inference actor gets them from Ray Data: packed (one row each), built into one Arrow
+    block by Ray's own builder and handed over in numpy format (tensors of several shapes as object arrays)."""
+    from ray.data._internal.delegating_block_builder import DelegatingBlockBuilder
+    from ray.data.block import BlockAccessor
+
+    from pipeline.stages.batch import pack
+
+    builder = DelegatingBlockBuilder()
+    for batch in batches:
+        builder.add_batch(pack(batch))
+    return BlockAccessor.for_block(builder.build()).to_batch_format("numpy")
+
+
 @contextlib.contextmanager
 def s3_server(key_id: str = "testing", secret: str = "testing", endpoint_in_env: bool = False) -> Iterator[str]:
     """A real S3-compatible server (moto's) on 127.0.0.1 and an AWS credential chain (environment) for it; yields
@@ -85,6 +99,7 @@ def s3_server(key_id: str = "testing", secret: str = "testing", endpoint_in_env:
 def random_checkpoint(tmp_path_factory) -> str:
     """A checkpoint of an untrained, small network: tests of mechanics, not accuracy."""
     import torch
+
     from pipeline.models.bottomup import ModelConfig, PoseNet
     from pipeline.models.checkpoint import checkpoint_metadata, save_checkpoint
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from pipeline.stages.batch import unpack
 from pipeline.stages.decode import FrameDecoder
 from pipeline.video import DecodeError, DecordStream, probe_video, sample_frame_indices
 
@@ -54,7 +55,7 @@ def test_frame_decoder_streams_batches_then_an_end_marker(tmp_path):
     decoder = FrameDecoder(size=64, every_nth=2, batch_size=4)
     refs = {"uri": np.array([str(good), str(bad)], dtype=object),
             "video_id": np.array(["good", "bad"], dtype=object)}
-    batches = list(decoder(refs))
+    batches = [batch for row in decoder(refs) for batch in unpack(row)]   # each yield: one packed batch
     good_batches = [b for b in batches if b["video_id"][0] == "good"]
     assert [len(b["frame_index"]) for b in good_batches] == [4, 4, 2, 1]
     marker = good_batches[-1]
@@ -73,8 +74,9 @@ def test_unpadded_frames_travel_at_their_own_size(tmp_path, width, height, size,
     """A top-down run's frames: the picture alone, at most `size` on its long side and never more than the source,
     with end markers of the same shape (the bytes in the object store are the frame's pixels x 3 at most)."""
     path = encode_video(tmp_path / "v.mp4", num_frames=6, width=width, height=height)
-    batches = list(FrameDecoder(size=size, batch_size=4, pad=False)({"uri": np.array([str(path)], dtype=object),
-                                                                     "video_id": np.array(["v"], dtype=object)}))
+    rows = FrameDecoder(size=size, batch_size=4, pad=False)({"uri": np.array([str(path)], dtype=object),
+                                                             "video_id": np.array(["v"], dtype=object)})
+    batches = [batch for row in rows for batch in unpack(row)]
     assert [b["image"].shape[1:] for b in batches] == [(*expected, 3)] * 3
     assert batches[0]["image"].max() > 0 and batches[-1]["is_end"][0] and batches[-1]["image"].max() == 0
     assert (batches[0]["width"][0], batches[0]["height"][0]) == (width, height)
@@ -83,3 +85,32 @@ def test_unpadded_frames_travel_at_their_own_size(tmp_path, width, height, size,
 def test_missing_file_is_an_open_error(tmp_path):
     with pytest.raises(DecodeError, match="cannot open"):
         DecordStream(str(tmp_path / "nope.mp4"), size=64)
+
+
+@pytest.mark.slow
+def test_decoded_batches_leave_the_decoder_whole_at_any_frame_size(ray_local, tmp_path):
+    """Ray Data sizes blocks by bytes and cuts them between rows: with a row per frame, 32-frame batches of
+    1024x1024 video left the decoder as 33-row pieces (measured), and batches of a small video joined to a large
+    one's were cut where the bytes fell. Packed into one row each, every decoded batch arrives whole."""
+    import ray
+
+    from pipeline.stages.incremental import refs_table
+    from pipeline.stages.plan import BLOCK_BYTES
+    from pipeline.stages.read import list_videos
+
+    sizes = {"a": (1024, 1024), "b": (320, 240), "c": (1024, 1024)}
+    for name, (width, height) in sizes.items():
+        encode_video(tmp_path / f"{name}.mp4", num_frames=40, width=width, height=height)
+    refs = refs_table(list_videos(str(tmp_path)))                       # a, b, c
+    ds = ray.data.from_arrow(refs)
+    ds.context.target_max_block_size = BLOCK_BYTES
+    ds = ds.map_batches(FrameDecoder, batch_size=3, compute=ray.data.ActorPoolStrategy(size=1),
+                        fn_constructor_kwargs=dict(size=1024, batch_size=16, pad=False))
+    blocks = [unpack(block) for block in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    pieces = [(batch["video_id"][0], batch["frame_index"].tolist()) for block in blocks for batch in block
+              if not batch["is_end"][0]]
+    assert [frames for _, frames in pieces] == [list(range(start, min(start + 16, 40)))
+                                                for _ in sizes for start in range(0, 40, 16)]
+    assert [video_id for video_id, _ in pieces] == [video_id for video_id in refs["video_id"].to_pylist()
+                                                    for _ in range(3)]
+    assert max(len(block) for block in blocks) <= 2      # a block: one batch (or small ones and an end marker)

@@ -12,8 +12,10 @@ from pipeline.models import runtime
 from pipeline.models.bottomup import ModelConfig, PoseNet
 from pipeline.models.pose_model import missing_keypoints
 from pipeline.models.runtime import autocast_dtype, fold_batchnorm
-from pipeline.stages.batch import VideoHeader, concat, end_marker, frame_batch
+from pipeline.stages.batch import VideoHeader, end_marker, frame_batch
 from pipeline.stages.infer import PoseEstimator
+
+from conftest import ray_block
 
 
 def trained_looking(model: nn.Module) -> nn.Module:
@@ -40,9 +42,9 @@ def test_fold_batchnorm_removes_every_batchnorm_and_keeps_outputs():
 
 def test_estimator_emits_rows_for_empty_frames_and_passes_end_markers(random_checkpoint):
     estimator = PoseEstimator(random_checkpoint, device="cpu")
-    batch = concat([frame_batch("v", np.arange(2), np.zeros(2), np.zeros((2, 128, 128, 3), np.uint8), 160, 120),
-                    end_marker("v", 128, 2, header=VideoHeader(fps=25.0, duration_s=0.08))])
-    out = estimator(batch)                      # a black frame has nobody in it: one placeholder row per frame
+    block = ray_block([frame_batch("v", np.arange(2), np.zeros(2), np.zeros((2, 128, 128, 3), np.uint8), 160, 120),
+                       end_marker("v", 128, 2, header=VideoHeader(fps=25.0, duration_s=0.08))])
+    out = estimator(block)                      # a black frame has nobody in it: one placeholder row per frame
     assert out["frame_index"].tolist() == [0, 1, -1] and out["person_index"].tolist() == [-1, -1, -1]
     assert out["is_end"].tolist() == [False, False, True] and out["num_frames"].tolist() == [0, 0, 2]
     np.testing.assert_array_equal(out["keypoints"], missing_keypoints(3))

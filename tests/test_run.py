@@ -126,4 +126,5 @@ def test_a_long_video_streams_through_in_batch_sized_blocks(ray_local, tmp_path,
     assert rows == 121                                  # 120 frames (one row each: nobody found) + the end marker
     decode_stats = next(s for s in ds.stats().split("Operator")[1:] if "FrameDecoder" in s)
     blocks = int(re.search(r"(\d+) blocks produced", decode_stats).group(1))
-    assert blocks >= 120 // 16
+    assert blocks >= 120 // 16 // 2                     # a block: at most two of these 0.8 MB batches (BLOCK_BYTES)
+

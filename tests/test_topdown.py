@@ -20,6 +20,8 @@ from pipeline.pose.letterbox import Letterbox
 from pipeline.stages.batch import VideoHeader, concat, end_marker, frame_batch
 from pipeline.stages.infer import PoseEstimator
 
+from conftest import ray_block
+
 REAL_DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "real-dev"
 # Read off the photos by eye (pixel centres), with how far a prediction may be (px, at 512x512): the face is sharp,
 # a shoulder under a space suit or a coat is a guess within its width.
@@ -62,59 +64,45 @@ def test_the_default_model_finds_the_person_in_each_photo(estimator, name):
 
 
 def test_frames_without_people_give_no_rows_and_no_error(estimator):
-    batch = concat([frame_batch("v", np.arange(2), np.zeros(2), np.zeros((2, 1024, 1024, 3), np.uint8), 640, 480),
-                    end_marker("v", 1024, 2, header=VideoHeader(fps=25.0, duration_s=0.08))])
-    out = estimator(batch)
+    out = estimator(ray_block([
+        frame_batch("v", np.arange(2), np.zeros(2), np.zeros((2, 1024, 1024, 3), np.uint8), 640, 480),
+        end_marker("v", 1024, 2, header=VideoHeader(fps=25.0, duration_s=0.08))]))
     assert out["person_index"].tolist() == [-1, -1, -1] and out["error"].tolist() == ["", "", ""]
 
 
 def test_frames_at_their_own_size_find_the_people_of_letterboxed_frames(estimator):
-    """A run hands a top-down model frames unpadded and never enlarged, videos of several sizes in one batch (Ray's
-    object array of arrays); the actor letterboxes them on its device and finds what letterboxed frames give."""
+    """A run hands a top-down model frames unpadded and never enlarged, videos of several sizes in one block; the
+    actor letterboxes them on its device and finds what letterboxed frames give."""
     from pipeline.config import ModelSettings
 
     own_size = PoseEstimator(ModelSettings().checkpoint, device="cpu", threads=2, frame_size=1024)
     astronaut, camera = read_photo("astronaut.png"), read_photo("camera.png")[:400]          # 512x512, 512x400
-    images = np.empty(4, dtype=object)
-    images[:] = [astronaut, astronaut[:, ::-1].copy(), camera, camera[:, ::-1].copy()]
-    batch = concat([frame_batch("a", np.arange(2), np.zeros(2), np.zeros((2, 1, 1, 3), np.uint8), 512, 512),
-                    frame_batch("c", np.arange(2), np.zeros(2), np.zeros((2, 1, 1, 3), np.uint8), 512, 400)])
-    batch["image"] = images
-    got = own_size(batch)
-    letterboxed = concat([frame_batch("a", np.arange(2), np.zeros(2), frames_of([astronaut, astronaut[:, ::-1]])[0],
-                                      512, 512),
-                          frame_batch("c", np.arange(2), np.zeros(2), frames_of([camera, camera[:, ::-1]])[0],
-                                      512, 400)])
-    expected = estimator(letterboxed)
+    pictures = {"a": (np.stack([astronaut, astronaut[:, ::-1]]), 512, 512),
+                "c": (np.stack([camera, camera[:, ::-1]]), 512, 400)}
+    got = own_size(ray_block([frame_batch(name, np.arange(2), np.zeros(2), frames, width, height)
+                              for name, (frames, width, height) in pictures.items()]))
+    expected = estimator(ray_block([frame_batch(name, np.arange(2), np.zeros(2), frames_of(list(frames))[0], width,
+                                                height) for name, (frames, width, height) in pictures.items()]))
     assert got["video_id"].tolist() == expected["video_id"].tolist() and (got["person_index"] >= 0).all()
     np.testing.assert_allclose(got["keypoints"], expected["keypoints"], atol=1e-3)
 
 
 def test_a_call_holding_several_decoded_batches_runs_them_one_at_a_time():
-    """Ray may join decoded batches of several videos into one call; the actor cuts them apart again (memory follows
+    """Ray may hand several decoded batches in one call; the actor runs them one by one (memory follows
     decode.batch_size) and finds, batch by batch, what one call per decoded batch finds."""
     from pipeline.config import ModelSettings
-    from pipeline.stages.infer import decoded_batches
 
-    video_ids, real = np.array(["a"] * 10 + ["b"] * 3 + ["a"] * 4), np.arange(17)
-    assert [p.tolist() for p in decoded_batches(video_ids, real, 4)] == [
-        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9], [10, 11, 12], [13, 14, 15, 16]]
-    assert [len(p) for p in decoded_batches(video_ids, real, None)] == [10, 3, 4]
-
-    estimator = PoseEstimator(ModelSettings().checkpoint, device="cpu", threads=2, frame_size=512, decoded_batch=4)
+    estimator = PoseEstimator(ModelSettings().checkpoint, device="cpu", threads=2, frame_size=512)
     clips = {"a": pan_and_zoom(read_photo("astronaut.png"), 6, (480, 360)),
              "c": pan_and_zoom(read_photo("camera.png"), 4, (360, 480))}
     batches = [frame_batch(name, np.arange(start, min(start + 4, len(clip))), np.zeros(min(4, len(clip) - start)),
                            np.stack(clip[start:start + 4]), *clip[0].shape[1::-1])
                for name, clip in clips.items() for start in range(0, len(clip), 4)]      # 4 + 2, then 4 frames
-    images = np.empty(sum(len(batch["image"]) for batch in batches), dtype=object)   # two sizes: Ray's object array
-    images[:] = [image for batch in batches for image in batch["image"]]
-    joined = concat([batch | {"image": np.zeros((len(batch["image"]), 1, 1, 3), np.uint8)} for batch in batches])
     sizes, predict = [], estimator.predict
     estimator.predict = lambda frames, *args: sizes.append(len(frames)) or predict(frames, *args)
-    got = estimator(joined | {"image": images})
+    got = estimator(ray_block(batches))
     assert sizes == [4, 2, 4]                                                  # one decoded batch per model call
-    expected = concat([estimator(batch) for batch in batches])
+    expected = concat([estimator(ray_block([batch])) for batch in batches])
     assert got["video_id"].tolist() == expected["video_id"].tolist() and (got["person_index"] >= 0).any()
     np.testing.assert_allclose(got["keypoints"], expected["keypoints"], atol=1e-4)
 

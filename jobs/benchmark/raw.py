@@ -130,7 +130,7 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
     from pipeline.models.pose_model import BottomUpModel
     from pipeline.models.runtime import run_network
     from pipeline.pose.letterbox import Letterbox, letterbox_frames, normalize
-    from pipeline.stages.batch import frame_batch
+    from pipeline.stages.batch import frame_batch, pack
     from pipeline.stages.infer import PoseEstimator
 
     own_size = frames is not None and frames.shape[1:3] != (size, size)  # a top-down run's frames, as they travel
@@ -158,7 +158,7 @@ def model_worker(checkpoint: str, batch_size: int, device: str, precision: str, 
         def forward() -> None:
             estimator.predict(images, batch["width"], batch["height"], chains)
 
-    steps = {"forward": forward, "call": lambda: estimator(batch)}
+    steps = {"forward": forward, "call": lambda: estimator(pack(batch))}  # as a run hands it
     for _ in range(3 if compile_model else 2):  # warm-up: allocator, oneDNN/cudnn kernels, compilation
         for step in steps.values():
             step()

@@ -139,11 +139,3 @@ def picture_boxes(widths: np.ndarray, heights: np.ndarray, size: int) -> np.ndar
     """(B, 4) x0, y0, w, h of each letterboxed picture inside its (size, size) frame, corner coordinates."""
     boxes = [Letterbox.fit(int(w), int(h), size).picture_box for w, h in zip(widths, heights)]
     return np.array(boxes, np.float32).reshape(-1, 4)
-
-
-def video_chains(video_ids: np.ndarray, frame_indices: np.ndarray) -> list[list[int]]:
-    """Row indices of each video's frames, in frame order: the frames a top-down model follows people through."""
-    chains: dict[Any, list[int]] = {}
-    for row in np.lexsort((frame_indices, video_ids.astype(str))):
-        chains.setdefault(video_ids[row], []).append(int(row))
-    return list(chains.values())

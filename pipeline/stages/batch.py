@@ -2,7 +2,8 @@
 
 A *frame batch* leaves the decode stage: one row per decoded frame (`image` letterboxed uint8), then one end marker
 row per video (`is_end`) that says how many frames it emitted, why it stopped early (`error`), what the video is
-(display size, fps, duration) and which listed video it was (`ref`). A *person batch* leaves the inference stage: one
+(display size, fps, duration) and which listed video it was (`ref`). Between the stages a frame batch travels as one
+row (`pack`), so that Ray cannot cut it. A *person batch* leaves the inference stage: one
 row per person found, a placeholder row (`person_index` -1) for a frame with nobody in it, and the end markers passed
 through; every column of a frame batch but `image` rides along. Person batches stay in Ray's object store until a
 worker tracks and writes their videos (`pipeline.stages.write`); the driver reads only their small columns.
@@ -101,6 +102,41 @@ def end_marker(video_id: str, size: int | tuple[int, int], num_frames: int, erro
                  duration_s=np.array([header.duration_s]),
                  ref=np.array([json.dumps(ref or {"video_id": video_id}, default=str)], dtype=object))
     return batch
+
+
+# the columns that vary from frame to frame within a frame batch; the others hold the video's (or the marker's) values
+PER_FRAME = ("frame_index", "timestamp_s", "image")
+
+
+def pack(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A frame batch (one video's frames, or its end marker) as a single row: the per-frame columns as one tensor
+    each, the others as their one value.
+
+    Ray Data cuts and joins blocks only between rows, and sizes blocks by bytes: frames as rows were cut wherever
+    the bytes fell (32-frame batches of 1024x1024 video arrived as 33-row pieces), which moved the frames where a
+    top-down model detects, so the same video did not always give the same rows. One row per batch reaches the
+    inference actor whole, at any frame size.
+    """
+    row = {}
+    for name, values in batch.items():
+        if name in PER_FRAME:
+            row[name] = values[None]
+        elif len(values) and not (values == values[0]).all():
+            raise ValueError(f"a frame batch holds one video and one kind of row; its {name!r} varies")
+        else:
+            row[name] = values[:1]
+    return row
+
+
+def unpack(rows: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Packed rows (`pack`) back into their frame batches. Ray hands a tensor column whose rows differ in shape
+    (batches of several sizes in one block) as an object array of arrays, one of equal shapes as one array."""
+    batches = []
+    for i in range(len(rows["is_end"])):
+        n = len(rows["frame_index"][i])
+        batches.append({name: np.asarray(values[i]) if name in PER_FRAME else np.repeat(values[i:i + 1], n)
+                        for name, values in rows.items()})
+    return batches
 
 
 def concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.stages.batch import VideoHeader, end_marker, frame_batch
+from pipeline.stages.batch import VideoHeader, end_marker, frame_batch, pack
 from pipeline.video import DecodeError, Stream, local_copy, open_stream, sample_frame_indices
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ class DecodeWorker(threading.Thread):
 
 
 class FrameDecoder:
-    """Ray Data UDF: a batch of video references -> a stream of frame batches, then one end marker per video.
+    """Ray Data UDF: a batch of video references -> a stream of frame batches, then one end marker per video, each
+    packed into one row (`decode_video` yields them unpacked).
 
     Errors never escape: a video that fails to open or decode ends with a marker that carries the error, after
     whatever frames decoded before it (those are kept). `timeout_s` bounds the time one video keeps this actor
@@ -169,7 +170,8 @@ class FrameDecoder:
         for i in range(len(refs["uri"])):
             ref = {key: value.item() if isinstance(value, np.generic) else value
                    for key, value in ((key, refs[key][i]) for key in refs)}
-            yield from self.decode_video(ref)
+            for batch in self.decode_video(ref):
+                yield pack(batch)       # one row: Ray Data never cuts it (pipeline.stages.batch.pack)
 
     def decode_video(self, ref: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
         worker = DecodeWorker(ref, self.size, self.sampling, self.batch_size, self.threads, self.storage_options,

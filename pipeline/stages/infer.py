@@ -24,13 +24,11 @@ from pipeline.models.pose_model import (
     load_pose_model,
     missing_keypoints,
     picture_boxes,
-    video_chains,
 )
 from pipeline.models.runtime import inference_device, to_device
 from pipeline.pose.grouping import GroupingConfig
-from pipeline.pose.keypoints import NUM_KEYPOINTS
 from pipeline.pose.letterbox import Letterbox, letterbox_frames
-from pipeline.stages.batch import PASSTHROUGH
+from pipeline.stages.batch import PASSTHROUGH, PERSON_COLUMNS, concat, empty, unpack
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +48,6 @@ def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarra
     return [frame] * len(keypoints), np.arange(len(keypoints), dtype=np.int32), scores.astype(np.float32), out
 
 
-def decoded_batches(video_ids: np.ndarray, rows: np.ndarray, size: int | None) -> list[np.ndarray]:
-    """`rows` (frames, in order) cut into the decoded batches they came in: runs of one video, each cut every `size`
-    frames (None: not cut).
-
-    Ray hands the actor blocks, and bundles of them, that hold whole decoded batches: consecutive frames of one video,
-    `size` of them but for a video's last. A run of one video's rows therefore starts on a decoded batch, and cutting
-    it every `size` frames gives the batches back, wherever Ray cut and joined blocks.
-    """
-    ids = video_ids[rows]
-    starts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
-    pieces = []
-    for run in np.split(rows, starts) if len(rows) else []:
-        pieces += np.split(run, range(size, len(run), size)) if size else [run]
-    return pieces
-
-
 class PoseEstimator:
     """Ray Data UDF holding the model: frame batches in, one row per (frame, person) out; end markers pass."""
 
@@ -73,12 +55,13 @@ class PoseEstimator:
                  grouping: GroupingConfig = GroupingConfig(), threads: int | None = None,
                  storage_options: dict[str, Any] | None = None, flip_test: bool = False,
                  topdown: TopDownConfig = TopDownConfig(), compile_model: bool = False, runtime: str = "auto",
-                 frame_size: int | None = None, decoded_batch: int | None = None):
+                 frame_size: int | None = None, batch_size: int | None = None):
         """`frame_size`: None when frames arrive letterboxed into the model's square; else they arrive at their own
-        aspect, shrunk to fit it (the top-down model's decode), and are letterboxed here on the device, one decoded
-        batch of `decoded_batch` frames (`decode.batch_size`) at a time: the actor's memory follows that setting,
-        not how many batches Ray bundles into one call."""
-        self.frame_size, self.decoded_batch = frame_size, decoded_batch
+        aspect, shrunk to fit it (the top-down model's decode), and are letterboxed here on the device.
+        `batch_size`: frames per forward pass of a bottom-up net (`model.batch_size`; None: a decoded batch at once);
+        a top-down model takes each decoded batch whole, since it follows people from frame to frame within it."""
+        self.frame_size = frame_size
+        self.batch_size = None if frame_size else batch_size
         if threads:
             torch.set_num_threads(threads)  # Ray gives each actor one torch thread unless told otherwise
         self.device = inference_device(device)
@@ -106,42 +89,34 @@ class PoseEstimator:
         content = picture_boxes(widths, heights, size)
         return self.model.find_people(frames, content, chains)
 
-    def letterboxed(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> torch.Tensor:
-        """The frames of `rows` (one video) on the device, letterboxed into the model's square. Ray hands frames of
-        one shape as one array, and frames of several shapes (videos of several sizes in one block) as an object
-        array of arrays."""
-        images = batch["image"][rows]
-        images = np.stack(list(images)) if images.dtype == object else images
-        letterbox = Letterbox.fit(int(batch["width"][rows[0]]), int(batch["height"][rows[0]]), self.frame_size)
-        return letterbox_frames(to_device(torch.from_numpy(images), self.device), letterbox)
+    def letterboxed(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """A frame batch's frames (one video) on the device, letterboxed into the model's square."""
+        letterbox = Letterbox.fit(int(batch["width"][0]), int(batch["height"][0]), self.frame_size)
+        return letterbox_frames(to_device(torch.from_numpy(batch["image"]), self.device), letterbox)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        real = np.flatnonzero(~batch["is_end"])
-        found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        groups = decoded_batches(batch["video_id"], real, self.decoded_batch) if self.frame_size \
-            else ([real] if len(real) else [])
-        for rows in groups:
-            frames = batch["image"][rows] if self.frame_size is None else self.letterboxed(batch, rows)
-            people = self.predict(frames, batch["width"][rows], batch["height"][rows],
-                                  video_chains(batch["video_id"][rows], batch["frame_index"][rows]))
-            found.update(zip(rows.tolist(), people))
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Packed frame batches (`pipeline.stages.batch.pack`) in, person rows out. Ray may hand several batches in
+        one call; they run one at a time, so the actor's memory follows `decode.batch_size`."""
+        return concat([self.people(batch) for batch in unpack(rows)]) if len(rows["is_end"]) \
+            else empty(PERSON_COLUMNS, 0)
+
+    def people(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One frame batch's person rows; an end marker passes through unchanged as one placeholder row."""
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        if not batch["is_end"][0]:
+            frames = batch["image"] if self.frame_size is None else self.letterboxed(batch)
+            n = len(frames)
+            for start in range(0, n, self.batch_size or n):
+                rows = slice(start, start + (self.batch_size or n))
+                found += self.predict(frames[rows], batch["width"][rows], batch["height"][rows],
+                                      [list(range(len(batch["frame_index"][rows])))])
+        else:
+            found = [(missing_keypoints(0), np.zeros(0, np.float32))]
         size = self.frame_size or batch["image"].shape[1]
-        sources, person_index, person_score, keypoints = [], [], [], []
-        for row in real:
-            kp, scores = found[int(row)]
-            src, idx, sc, xy = people_rows(batch, row, kp, scores, size)
-            sources += src
-            person_index.append(idx)
-            person_score.append(sc)
-            keypoints.append(xy)
-        for row in np.flatnonzero(batch["is_end"]):  # end markers pass through unchanged
-            sources.append(row)
-            person_index.append(np.array([-1], np.int32))
-            person_score.append(np.zeros(1, np.float32))
-            keypoints.append(missing_keypoints(1))
-        out = {key: batch[key][sources] for key in PASSTHROUGH}
-        out["person_index"] = np.concatenate(person_index) if person_index else np.zeros(0, np.int32)
-        out["person_score"] = np.concatenate(person_score) if person_score else np.zeros(0, np.float32)
-        out["keypoints"] = np.concatenate(keypoints) if keypoints else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
-        out["ready_at"] = np.full(len(sources), self.ready_at)
+        parts = [people_rows(batch, row, keypoints, scores, size) for row, (keypoints, scores) in enumerate(found)]
+        out = {key: batch[key][[source for part in parts for source in part[0]]] for key in PASSTHROUGH}
+        out["person_index"] = np.concatenate([part[1] for part in parts])
+        out["person_score"] = np.concatenate([part[2] for part in parts])
+        out["keypoints"] = np.concatenate([part[3] for part in parts])
+        out["ready_at"] = np.full(len(out["person_index"]), self.ready_at)
         return out

@@ -185,16 +185,15 @@ def reference_blocks(refs, decode_actors: int) -> list:
 
 
 REFS_PER_BLOCK = 64
+BLOCK_BYTES = 2**20
 
 
 def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = False, verbose: bool = True):
     """The Ray Data plan: refs (an Arrow table of listed videos) -> decoded frame batches -> per-person rows.
 
-    A top-down model gets whole decoded batches (one video's consecutive frames, starting at a multiple of
-    `decode.batch_size`): it follows people from frame to frame within a batch, so batches Ray cut elsewhere would
-    move where its detector runs, and the same video would not always give the same rows. Ray may join several
-    into one call (measured: 154 frames of 640x360 in 32-frame batches); the actor runs them one at a time
-    (`infer.decoded_batches`), so its memory follows `decode.batch_size`.
+    Frame batches travel as one row each (`pipeline.stages.batch.pack`), so the inference actor always gets whole
+    decoded batches: a top-down model follows people from frame to frame within one, and batches cut elsewhere
+    would move where its detector runs.
     """
     import ray
 
@@ -217,16 +216,14 @@ def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = Fals
     if not verbose:  # posepipe's own progress bar replaces Ray Data's bars and its periodic log lines
         ds.context.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-    # One block per decoded batch. By default Ray Data merges a generator's yields into blocks of up to 128 MiB, so
-    # a long video became one block holding all its frames (measured: 600 frames at 256 px -> 1 block of 118 MB);
-    # at batch size the frames stream and the object-store bound below applies batch by batch.
-    ds.context.target_max_block_size = config.decode.batch_size * (input_size * input_size * 3 + 4096)  # + columns
+    # One block per decoded batch. Ray Data joins a task's outputs into blocks until they pass this size (by
+    # default 128 MiB: a long video became one block of all its frames), and never cuts a row; a packed batch (22 MB
+    # at 640x360) is larger, so each leaves the decoder on its own and the object-store bound below applies batch by
+    # batch. Person rows, a few KB per frame, still leave an inference call as one block.
+    ds.context.target_max_block_size = BLOCK_BYTES
     if config.ray.buffered_batches:  # bound frames waiting in the object store: memory set by config, not archive
         frame_bytes = input_size * input_size * 3                          # uint8 (S, S, 3)
-        # a batch: what the inference stage takes at once, so that a whole one always fits (with decoded batches
-        # smaller than model.batch_size, a bound of decoded batches stalled it ~20 s in 1 of 2 runs)
-        batch = max(config.decode.batch_size, 0 if topdown else config.model.batch_size)
-        limit = config.ray.buffered_batches * (pools.decode + pools.infer) * batch * frame_bytes
+        limit = config.ray.buffered_batches * (pools.decode + pools.infer) * config.decode.batch_size * frame_bytes
         limits = ds.context.execution_options.resource_limits
         ds.context.execution_options.resource_limits = limits.copy(object_store_memory=limit)
     # Pools autoscale on a cluster, which can grow; Ray embedded in this process cannot, and there a pool that grew
@@ -246,7 +243,7 @@ def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = Fals
                                    cache_dir=config.decode.cache_dir, timeout_s=config.decode.timeout_s,
                                    pad=not topdown))
     ds = ds.map_batches(
-        PoseEstimator, batch_size=None if topdown else config.model.batch_size,
+        PoseEstimator, batch_size=None,                          # a block: one decoded batch, or a few small ones
         compute=actor_pool(pools.infer, config.model.workers is not None or not grows),
         num_gpus=pools.infer_gpus, num_cpus=config.model.cpus_per_worker,
         memory=pools.infer_memory, **retries,
@@ -255,6 +252,6 @@ def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = Fals
                                    grouping=config.grouping, topdown=config.topdown, threads=pools.threads,
                                    compile_model=config.model.compile, runtime=config.model.runtime,
                                    frame_size=input_size if topdown else None,
-                                   decoded_batch=config.decode.batch_size,
+                                   batch_size=config.model.batch_size,
                                    storage_options=config.storage_options))
     return ds
