@@ -128,3 +128,34 @@ def test_a_long_video_streams_through_in_batch_sized_blocks(ray_local, tmp_path,
     blocks = int(re.search(r"(\d+) blocks produced", decode_stats).group(1))
     assert blocks >= 120 // 16 // 2                     # a block: at most two of these 0.8 MB batches (BLOCK_BYTES)
 
+
+@pytest.mark.slow
+def test_embedded_ray_keeps_a_write_worker_between_waves():
+    """Ray ends idle workers after 1 s once a node has more workers than CPUs (actors count), so every write wave
+    started a new process and imported the write stage again; the embedded Ray `posepipe run` starts keeps them for
+    write.commit_seconds. Own process: the tests' shared Ray is not started by `init_ray`."""
+    import subprocess
+    import sys
+
+    script = """
+import os, time, ray
+from pipeline.config import RunConfig
+from pipeline.stages.plan import init_ray
+init_ray(RunConfig.model_validate({"ray": {"num_cpus": 2}}), verbose=False)
+@ray.remote(num_cpus=0.5)
+class Busy:
+    def ready(self): return True
+actors = [Busy.remote() for _ in range(3)]          # more workers than CPUs, as the decode and inference actors make
+ray.get([actor.ready.remote() for actor in actors])
+@ray.remote(num_cpus=0.25)
+def wave():
+    return os.getpid()
+pids = []
+for _ in range(3):
+    pids.append(ray.get(wave.remote()))
+    time.sleep(2.5)                                     # longer than Ray's default 1 s, shorter than commit_seconds
+print(len(set(pids)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1"

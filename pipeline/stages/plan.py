@@ -36,7 +36,14 @@ def init_ray(config: RunConfig, verbose: bool = True) -> None:
         if config.ray.address:
             ray.init(address=config.ray.address, **quiet)
         else:
-            ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, **quiet)
+            # Ray ends an idle worker after 1 s once a node has more workers than CPUs, actors included, which a
+            # run always has: each write wave (one every write.commit_seconds / 2 at most) started a new worker and
+            # imported the write stage again, about 2 s of CPU a wave (measured: 20 videos on 2 CPUs, 13 waves in 8
+            # or more new processes). Kept for commit_seconds, one worker takes wave after wave; a cluster's nodes
+            # set it as RAY_idle_worker_killing_time_threshold_ms (infra/).
+            kept_ms = int(config.write.commit_seconds * 1000)
+            ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False,
+                     _system_config={"idle_worker_killing_time_threshold_ms": kept_ms}, **quiet)
 
 
 @contextlib.contextmanager
