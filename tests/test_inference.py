@@ -50,6 +50,18 @@ def test_estimator_emits_rows_for_empty_frames_and_passes_end_markers(random_che
     np.testing.assert_array_equal(out["keypoints"], missing_keypoints(3))
 
 
+def test_estimator_reads_frames_in_place_from_read_only_memory(random_checkpoint):
+    """Ray hands frames as read-only views of its object store: used as they are, without torch's warning."""
+    import warnings
+
+    estimator = PoseEstimator(random_checkpoint, device="cpu")
+    block = ray_block([frame_batch("v", np.arange(2), np.zeros(2), np.zeros((2, 128, 128, 3), np.uint8), 160, 120)])
+    block["image"].flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert estimator(block)["person_index"].tolist() == [-1, -1]
+
+
 def test_flip_test_predictions_are_mirror_symmetric():
     """With flip_test, a mirrored frame gives mirrored maps, left and right swapped, and so the mirrored people.
 

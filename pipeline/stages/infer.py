@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,14 @@ def people_rows(columns: dict[str, np.ndarray], frame: int, keypoints: np.ndarra
     xy = letterbox.to_image(keypoints[..., :2].astype(np.float64))                         # (P, K, 2)
     out = np.concatenate([xy, keypoints[..., 2:3]], axis=-1).astype(np.float32)            # (P, K, 3)
     return [frame] * len(keypoints), np.arange(len(keypoints), dtype=np.int32), scores.astype(np.float32), out
+
+
+def host_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames as a tensor without a copy. Ray hands them as a read-only view of its object store, which
+    torch warns about; the model only reads them (letterboxing and normalising write new tensors)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(frames)
 
 
 class PoseEstimator:
@@ -83,7 +92,7 @@ class PoseEstimator:
         """uint8 (B, S, S, 3) letterboxed frames (host arrays, or tensors on the device) of pictures widths x
         heights (default: filling the frame) -> per frame (keypoints (P, K, 3) in input pixels, scores (P,))."""
         size = images.shape[1]
-        frames = to_device(torch.from_numpy(images) if isinstance(images, np.ndarray) else images, self.device)
+        frames = to_device(host_tensor(images) if isinstance(images, np.ndarray) else images, self.device)
         widths = widths if widths is not None else np.full(len(images), size)
         heights = heights if heights is not None else np.full(len(images), size)
         content = picture_boxes(widths, heights, size)
@@ -92,7 +101,7 @@ class PoseEstimator:
     def letterboxed(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
         """A frame batch's frames (one video) on the device, letterboxed into the model's square."""
         letterbox = Letterbox.fit(int(batch["width"][0]), int(batch["height"][0]), self.frame_size)
-        return letterbox_frames(to_device(torch.from_numpy(batch["image"]), self.device), letterbox)
+        return letterbox_frames(to_device(host_tensor(batch["image"]), self.device), letterbox)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Packed frame batches (`pipeline.stages.batch.pack`) in, person rows out. Ray may hand several batches in
