@@ -114,11 +114,11 @@ class PoseEstimator:
         found: list[tuple[np.ndarray, np.ndarray]] = []
         if not batch["is_end"][0]:
             frames = batch["image"] if self.frame_size is None else self.letterboxed(batch)
-            n = len(frames)
-            for start in range(0, n, self.batch_size or n):
-                rows = slice(start, start + (self.batch_size or n))
-                found += self.predict(frames[rows], batch["width"][rows], batch["height"][rows],
-                                      [list(range(len(batch["frame_index"][rows])))])
+            step = self.batch_size or len(frames)
+            for start in range(0, len(frames), step):
+                rows = slice(start, start + step)
+                chunk = frames[rows]                            # one video's frames in order: one chain
+                found += self.predict(chunk, batch["width"][rows], batch["height"][rows], [list(range(len(chunk)))])
         else:
             found = [(missing_keypoints(0), np.zeros(0, np.float32))]
         size = self.frame_size or batch["image"].shape[1]
