@@ -57,9 +57,14 @@ def test_estimator_reads_frames_in_place_from_read_only_memory(random_checkpoint
     estimator = PoseEstimator(random_checkpoint, device="cpu")
     block = ray_block([frame_batch("v", np.arange(2), np.zeros(2), np.zeros((2, 128, 128, 3), np.uint8), 160, 120)])
     block["image"].flags.writeable = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        assert estimator(block)["person_index"].tolist() == [-1, -1]
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)                 # torch warns once per process: another test may have used it up
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            assert estimator(block)["person_index"].tolist() == [-1, -1]
+    finally:
+        torch.set_warn_always(warn_always)
 
 
 def test_flip_test_predictions_are_mirror_symmetric():
