@@ -130,6 +130,25 @@ def test_runs_wait_for_the_actors_of_the_previous_run_to_exit():
         actor.wait()
 
 
+def test_runs_wait_for_the_idle_workers_an_earlier_run_left():
+    import subprocess
+    import sys
+
+    # in a process of its own: Ray's real workers, children of this one when a test started Ray, would count
+    script = """
+import subprocess, time
+from jobs.benchmark.resources import wait_for_actors_to_exit
+idle = [subprocess.Popen(["bash", "-c", f"exec -a 'ray::IDLE' sleep {seconds}"]) for seconds in (30, 1.5)]
+time.sleep(0.2)
+assert wait_for_actors_to_exit(timeout_s=0.2)                       # idle workers count only when asked
+assert not wait_for_actors_to_exit(timeout_s=0.2, idle_at_most=1)   # one too many: the caller is told
+assert wait_for_actors_to_exit(timeout_s=10, idle_at_most=1)        # ... until Ray ends the extra one
+assert idle[1].poll() is not None and idle[0].poll() is None
+idle[0].kill()
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
 def test_topdown_net_rows_time_each_net_in_torch_onnxruntime_and_litert():
     """The imported model's nets alone: torch and ONNX Runtime at the given batch sizes and LiteRT at batch 1, on
     real crops."""

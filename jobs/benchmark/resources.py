@@ -54,29 +54,36 @@ def process_role(cmdline: list[str]) -> str | None:
 
 
 def wait_for_actors_to_exit(roles: tuple[str, ...] = ("FrameDecoder", "PoseEstimator"), timeout_s: float = 30.0,
-                            poll_s: float = 0.1) -> bool:
-    """Wait until no process of this process tree has one of `roles`: the actors of an earlier run are gone.
+                            poll_s: float = 0.1, idle_at_most: int | None = None) -> bool:
+    """Wait until no process of this process tree has one of `roles`, and at most `idle_at_most` Ray workers are
+    idle (None: any number): the actors and the extra workers of an earlier run are gone.
 
     Ray kills a finished dataset's actors asynchronously, and a run that started while the previous run's inference
-    actor was still exiting would count that actor's memory and CPU as its own. Returns False, with a warning, when
-    some are still alive after `timeout_s`.
+    actor was still exiting would count that actor's memory and CPU as its own. Likewise the workers an earlier run's
+    write and compaction tasks started stay idle for a while (Ray keeps as many as the node has CPUs, and the rest
+    for `idle_worker_killing_time_threshold_ms`, see `pipeline.stages.plan.init_ray`): a run that starts beside them
+    counts them. Returns False, with a warning, when some are still alive after `timeout_s`.
     """
     import psutil
 
     deadline = time.monotonic() + timeout_s
     while True:
-        alive = []
+        alive, idle = [], []
         for child in psutil.Process().children(recursive=True):
             try:
-                if process_role(child.cmdline()) in roles:
-                    alive.append(child.pid)
+                role = process_role(child.cmdline())
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-        if not alive:
+            if role in roles:
+                alive.append(child.pid)
+            elif role == "IDLE":
+                idle.append(child.pid)
+        extra_idle = idle if idle_at_most is not None and len(idle) > idle_at_most else []
+        if not alive and not extra_idle:
             return True
         if time.monotonic() >= deadline:
-            logger.warning("actors of an earlier run still alive after %.0f s (pids %s): their memory and CPU count "
-                           "in the next measurement", timeout_s, alive)
+            logger.warning("an earlier run's actors (pids %s) or idle workers (pids %s) still alive after %.0f s: "
+                           "their memory and CPU count in the next measurement", alive, extra_idle, timeout_s)
             return False
         time.sleep(poll_s)
 
@@ -127,6 +134,9 @@ class ResourceSampler:
         self.role_sum_mb: dict[str, float] = {}   # largest sum over the role's processes at one instant
         self.role_count: dict[str, int] = {}
         self.job_mb = 0.0                         # driver + decode + inference actors at one instant (JSON only)
+        self.workers_peak_by_role_mb: dict[str, float] = {}  # what the workers' peak sum was made of, at that instant
+        self.workers_peak_at_s = 0.0              # ... and when, in seconds from the first sample
+        self._started = time.monotonic()
         self.cpu: dict[int, tuple[str, tuple[float, float], tuple[float, float]]] = {}  # pid -> role, first, last
         self._first_sample = True
         self._last_store = -math.inf
@@ -184,7 +194,9 @@ class ResourceSampler:
             self.role_count[role] = max(self.role_count.get(role, 0), counts[role])
         driver_now = self.process.memory_info().rss / MB
         self.job_mb = max(self.job_mb, driver_now + sums.get("FrameDecoder", 0.0) + sums.get("PoseEstimator", 0.0))
-        self.workers_mb = max(self.workers_mb, total)
+        if total > self.workers_mb:
+            self.workers_mb, self.workers_peak_by_role_mb = total, sums
+            self.workers_peak_at_s = time.monotonic() - self._started
         self.workers_anon_mb = max(self.workers_anon_mb, anon)
         if time.monotonic() - self._last_store >= self.store_interval_s:
             self._last_store = time.monotonic()

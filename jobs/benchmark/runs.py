@@ -21,6 +21,8 @@ def pipeline_overrides(checkpoint: str, batch_size: int, device: str, precision:
 
 def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", config_label: str = "") -> Measurement:
     """`jobs.run.run` over `archive` into a temporary output (removed after), with resources sampled throughout."""
+    import ray
+
     from jobs.run import load_run_config, parse_args, run
     from pipeline.stages.plan import init_ray, pool_sizes
 
@@ -32,7 +34,8 @@ def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", co
         config = load_run_config(parse_args(args))
         init_ray(config)
         pools = pool_sizes(config)
-        wait_for_actors_to_exit()  # the previous run's actors, still exiting, would count in this run's memory
+        # the previous run's actors, still exiting, and the workers its writes started would count in this run
+        wait_for_actors_to_exit(idle_at_most=int(ray.cluster_resources().get("CPU", 1)))
         with ResourceSampler() as sampler:
             summary = run(config)
     finally:
@@ -49,6 +52,7 @@ def pipeline_run(archive: Path, overrides: list[str], name: str = "pipeline", co
              "role_peak_rss_mb": sampler.role_mb, "role_sum_peak_rss_mb": sampler.role_sum_mb,
              "role_max_processes": sampler.role_count, "job_rss_mb": sampler.job_mb,
              "workers_private_mb": sampler.workers_anon_mb, "role_peak_private_mb": sampler.role_private_mb,
+             "workers_peak_by_role_mb": sampler.workers_peak_by_role_mb, "workers_peak_at_s": sampler.workers_peak_at_s,
              "cpu": cpu, "people": summary.people, "tracks": summary.tracks}
     return Measurement(name, label, summary.frames, summary.seconds, sampler.driver_mb, sampler.workers_mb,
                        sampler.store_mb, format_cpu(cpu, summary.frames), extra)
