@@ -281,7 +281,7 @@ def run(config: RunConfig) -> RunSummary:
     if config.write.compact and plan.todo.num_rows:
         compacting = time.perf_counter()
         compact_tables(config.output, list(VIDEO_TABLES) + ["runs"], config.storage_options,
-                       config.write.retention_hours, config.write.orphan_hours, config.write.cpus)
+                       config.write.retention_hours, config.write.orphan_hours, config.write.compact_cpus)
         summary.compact_seconds = time.perf_counter() - compacting
     return summary
 

@@ -230,8 +230,10 @@ class WriteSettings(StrictModel):
     commit_seconds: PositiveFloat = 10.0         # at most one commit per table this often (and one at the end)
     wave_videos: PositiveInt = 256               # complete videos per write task (a wave), at most
     wave_frames: PositiveInt = 20_000            # ... or this many frames, whichever comes first
-    cpus: PositiveFloat = 0.25                   # CPUs each write task (tracking, Parquet) and compaction reserves
+    cpus: PositiveFloat = 0.25                   # CPUs each write task (tracking, Parquet) reserves
     compact: bool = True                         # after the run: compact small files into ~128 MB ones, then vacuum
+    compact_cpus: PositiveFloat = 1.0            # CPUs each table's compaction reserves: a CPU-bound rewrite, so
+                                                 # as many run at once as there are CPUs (each in its own process)
     retention_hours: NonNegativeInt = 0          # files a commit removed stay this long (time travel to older
                                                  # versions); 0: deleted at once, so a plain Parquet reader of the
                                                  # folders sees exactly the current rows whenever no run is active

@@ -136,7 +136,7 @@ class RunWriter:
 
 
 def compact_tables(output: str, names: list[str], storage_options: dict[str, Any] | None, retention_hours: int,
-                   orphan_hours: int, cpus: float = 0.25) -> list[dict[str, Any]]:
+                   orphan_hours: int, cpus: float = 1.0) -> list[dict[str, Any]]:
     """Compaction and vacuum of each table, in workers, in parallel (`pipeline.outputs.tables.compact`)."""
     import ray
 
