@@ -241,9 +241,11 @@ def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = Fals
         num_cpus=pools.decode_cpus,
         memory=pools.decode_memory, **retries,
         # glibc gives threads arenas of their own (up to 8 per core) and reuses freed memory only within one; a
-        # decoder starts a thread per video, so its memory grew with every video (docs/performance.md, session 12).
-        # glibc reads the cap when the process starts, hence the actor's environment.
-        runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2"}},
+        # decoder starts a thread per video, so its memory grew with every video. And glibc raises its mmap
+        # threshold to the largest block freed (up to 32 MB), after which frame batches (22 MB at 640x360) came
+        # from arenas that kept them; a fixed 1 MiB returns every batch to the OS (docs/performance.md, sessions
+        # 12 and 14). glibc reads both when the process starts, hence the actor's environment.
+        runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20)}},
         fn_constructor_kwargs=dict(size=input_size, every_nth=config.decode.every_nth, fps=config.decode.fps,
                                    max_frames=config.decode.max_frames, batch_size=config.decode.batch_size,
                                    threads=config.decode.threads, storage_options=config.storage_options,
