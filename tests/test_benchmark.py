@@ -151,7 +151,9 @@ idle[0].kill()
 
 def test_topdown_net_rows_time_each_net_in_torch_onnxruntime_and_litert():
     """The imported model's nets alone: torch and ONNX Runtime at the given batch sizes and LiteRT at batch 1, on
-    real crops."""
+    real crops; then ONNX Runtime and LiteRT alternating in one process."""
+    import numpy as np
+
     from jobs.benchmark.topdown import raw_net_rates
     from pipeline.models.checkpoint import resolve_checkpoint
 
@@ -159,13 +161,18 @@ def test_topdown_net_rows_time_each_net_in_torch_onnxruntime_and_litert():
                          threads=1, min_seconds=0.05)
     names = [(row.measurement, row.config.split(",")[0], row.config.split(", ")[-1]) for row in rows]
     runtimes = [(b, r) for r in ("torch", "onnxruntime") for b in ("B=1", "B=2")]
+    pair = ("B=2 / B=1", "6 alternating rounds")
     assert names == [("raw detector", b, r) for b, r in runtimes] + \
-        [("litert detector", "B=1", "cpu float32 (XNNPACK)")] + \
+        [("litert detector", "B=1", "cpu float32 (XNNPACK)"), ("onnxruntime/litert detector", *pair)] + \
         [("raw landmarks lite", b, r) for b, r in runtimes] + \
-        [("litert landmarks lite", "B=1", "cpu float32 (XNNPACK)")]
+        [("litert landmarks lite", "B=1", "cpu float32 (XNNPACK)"), ("onnxruntime/litert landmarks lite", *pair)]
     for row in rows:
         assert row.frames >= 3 and row.frames_per_s > 0 and row.extra["ms_per_input"] > 0
         assert ("float32" in row.config) and ("1 thr" in row.config)
+    for row in rows[len(runtimes) + 1::len(runtimes) + 2]:                 # the alternating rows
+        onnx, lite = (np.array(row.extra["rounds"][r]) for r in ("onnxruntime", "litert"))
+        assert len(onnx) == len(lite) == 6 and (onnx > 0).all() and (lite > 0).all()
+        assert row.extra["ratio"] == pytest.approx(np.median(onnx / lite))
 
 
 @pytest.mark.slow
