@@ -257,9 +257,9 @@ class RaySettings(StrictModel):
                                                  # videos error rows instead of looping on a video that kills it
     max_failed_batches: int = Field(10, ge=-1)   # batches that may fail every retry before the run stops (-1: any)
     buffered_batches: PositiveInt | None = 1     # decoded batches of frames held ahead per actor in the object
-                                                 # store, counted as square model-size frames (smaller frames fit
-                                                 # more); None: Ray's default, which lets fast decoders fill a
-                                                 # share of the whole store ahead of the model
+                                                 # store (frames the size of the first video's); None: Ray's
+                                                 # default, which lets fast decoders fill a share of the whole
+                                                 # store ahead of the model
 
 
 class RunConfig(StrictModel):

@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, BinaryIO, Iterator, Protocol
 
 import av
 import numpy as np
@@ -70,13 +70,14 @@ def read_rotation(container: av.container.InputContainer, stream: av.video.strea
     return 0
 
 
-def probe_video(path: str) -> VideoInfo:
-    """Read the header of a local video file (and its first frame, for the rotation).
+def probe_video(path: str | BinaryIO) -> VideoInfo:
+    """Read the header of a local video file, or of an open file object (a remote one: only the bytes the
+    container's header spans are read), and its first frame, for the rotation.
 
     Raises:
         DecodeError: stage `open`, with kind EmptyFile, NoVideoStream, UnsupportedCodec or the FFmpeg error.
     """
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
+    if isinstance(path, str) and os.path.isfile(path) and os.path.getsize(path) == 0:
         raise DecodeError("open", "the file is empty (0 bytes); re-upload or re-export it", "EmptyFile")
     try:
         with av.open(path) as container:

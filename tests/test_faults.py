@@ -31,7 +31,7 @@ from pipeline.pose.letterbox import Letterbox
 from pipeline.stages.assemble import INDEX_COLUMNS, PendingVideos, collect_videos
 from pipeline.stages.batch import PERSON_COLUMNS, empty
 from pipeline.stages.decode import FrameDecoder
-from pipeline.stages.plan import Pools, actor_memory, decode_cpus, fit_memory, plan_pools
+from pipeline.stages.plan import Pools, actor_memory, decode_cpus, fit_memory, plan_pools, transit_frame_bytes
 from pipeline.stages.read import make_video_id
 
 import faults
@@ -295,6 +295,20 @@ def test_pools_from_the_cluster_resources():
     assert plan_pools(two_decoders, cpus=2, gpus=0, memory=8 * 2**30) == Pools(2, 1, 0.375, 0.0, 2)
     on_cpu = RunConfig.model_validate({"model": {"device": "cpu", "threads": 2}})
     assert plan_pools(on_cpu, cpus=16, gpus=2, memory=8 * 2**30) == Pools(4, 12, 0.9375, 0.0, 2)
+
+
+def test_object_store_budget_counts_frames_as_they_travel(tmp_path):
+    """A top-down model's frames travel at their own size, shrunk to fit frame_size: the budget reads the first
+    video's header for it; the bottom-up net's are letterboxed into its square."""
+    video = str(encode_video(tmp_path / "a.mp4", num_frames=3, width=320, height=240))
+    refs = pa.table({"uri": [video, str(tmp_path / "gone.mp4")]})
+    assert transit_frame_bytes(refs, RunConfig(), 1024, topdown=True) == 320 * 240 * 3          # never enlarged
+    assert transit_frame_bytes(refs, RunConfig(), 160, topdown=True) == 160 * 120 * 3           # shrunk to fit
+    assert transit_frame_bytes(refs, RunConfig(), 256, topdown=False) == 256 * 256 * 3          # the square
+    assert transit_frame_bytes(refs.slice(1), RunConfig(), 1024, topdown=True) == 1024 * 1024 * 3  # unreadable
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    assert transit_frame_bytes(pa.table({"uri": [str(broken)]}), RunConfig(), 512, topdown=True) == 512 * 512 * 3
 
 
 # --- the whole job through Ray -------------------------------------------------------------------------------

@@ -130,6 +130,17 @@ def test_endpoint_from_storage_options_wins_over_the_environment(s3, monkeypatch
 
 
 @pytest.mark.slow
+def test_object_store_budget_reads_the_first_videos_header_from_s3(s3):
+    import pyarrow as pa
+
+    from pipeline.config import RunConfig
+    from pipeline.stages.plan import transit_frame_bytes
+
+    refs = pa.table({"uri": [f"s3://{BUCKET}/videos/cam0/walk.mp4"]})
+    config = RunConfig.model_validate({"storage_options": {"endpoint_url": s3.endpoint}})
+    assert transit_frame_bytes(refs, config, 1024, topdown=True) == 64 * 48 * 3
+
+
 def test_run_on_s3_writes_delta_tables_that_deltalake_pandas_and_duckdb_read(s3, first_run):
     assert first_run.code == EXIT_PARTIAL                          # two videos ok, the broken one recorded
     written = objects(s3.client, "out/")

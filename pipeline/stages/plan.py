@@ -195,6 +195,32 @@ REFS_PER_BLOCK = 64
 BLOCK_BYTES = 2**20
 
 
+def transit_frame_bytes(refs, config: RunConfig, input_size: int, topdown: bool) -> int:
+    """Bytes of one decoded frame in the object store, for its budget. The bottom-up net's frames travel
+    letterboxed into its square; a top-down model's at their own size, shrunk to fit `model.frame_size`: those of
+    the first listed video (one header read, on the driver), the square when its header cannot be read. A larger
+    video later in a mixed archive gets fewer batches ahead: Ray Data still lets a batch through that alone is
+    over the budget (measured: a budget of half a batch ran the 20-video benchmark at full speed on 2 CPUs)."""
+    square = input_size * input_size * 3
+    if not topdown or not refs.num_rows:
+        return square
+    from pipeline.pose.letterbox import Letterbox
+    from pipeline.storage import resolve
+    from pipeline.video import probe_video
+
+    uri = refs.column("uri")[0].as_py()
+    try:
+        fs, path = resolve(uri, config.storage_options)
+        with fs.open(path, "rb") as file:
+            info = probe_video(file)
+        box = Letterbox.fit(info.width, info.height, input_size, pad=False)
+    except Exception as exc:  # the decode actors will report what is wrong with it; the budget falls back
+        logger.info("object-store budget in %dx%d frames: the header of %s cannot be read (%s)", input_size,
+                    input_size, uri, exc)
+        return square
+    return box.resized_width * box.resized_height * 3
+
+
 def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = False, verbose: bool = True):
     """The Ray Data plan: refs (an Arrow table of listed videos) -> decoded frame batches -> per-person rows.
 
@@ -229,8 +255,10 @@ def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = Fals
     # batch. Person rows, a few KB per frame, still leave an inference call as one block.
     ds.context.target_max_block_size = BLOCK_BYTES
     if config.ray.buffered_batches:  # bound frames waiting in the object store: memory set by config, not archive
-        frame_bytes = input_size * input_size * 3                          # uint8 (S, S, 3)
+        frame_bytes = transit_frame_bytes(refs, config, input_size, topdown)
         limit = config.ray.buffered_batches * (pools.decode + pools.infer) * config.decode.batch_size * frame_bytes
+        logger.info("object-store budget %.0f MB (ray.buffered_batches %d per actor, frames of %.2f MB)",
+                    limit / 2**20, config.ray.buffered_batches, frame_bytes / 2**20)
         limits = ds.context.execution_options.resource_limits
         ds.context.execution_options.resource_limits = limits.copy(object_store_memory=limit)
     # Pools autoscale on a cluster, which can grow; Ray embedded in this process cannot, and there a pool that grew
