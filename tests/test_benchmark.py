@@ -104,6 +104,9 @@ def test_main_writes_the_table_with_every_row(ray_local, tiny_checkpoint, cache,
     pipeline = result["rows"][-1]
     assert pipeline["driver_rss_mb"] > 0 and pipeline["workers_rss_mb"] > 0
     assert {"FrameDecoder", "PoseEstimator"} <= set(pipeline["extra"]["role_peak_rss_mb"])
+    parts = pipeline["extra"]["workers_peak_by_role_mb"]          # what the workers' peak was, at that instant
+    assert sum(parts.values()) == pytest.approx(pipeline["workers_rss_mb"])
+    assert pipeline["extra"]["workers_peak_at_s"] >= 0
     assert {"ratio_wall", "ratio_steady", "raw_bound_frames_per_s"} <= set(result["summary"])
     assert result["context"]["machine"]["cpus"] >= 1
     assert "| pipeline |" in out.with_suffix(".md").read_text()
