@@ -17,6 +17,7 @@ Each net runs in its own spawned process (`run_workers`), as the raw model rows 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -69,19 +70,25 @@ def torch_net_worker(checkpoint: str, net: str, batch: int, device: str, precisi
                                               "dtype": str(model.pose.dtype or torch.float32).removeprefix("torch.")}
 
 
-def litert_worker(graph: bytes, net: str, threads: int, min_seconds: float, barrier) -> dict:
-    """Time LiteRT invokes of a .tflite graph, one real crop per invoke (the graphs take batch 1)."""
+def litert_invokes(graph: bytes, inputs: np.ndarray, threads: int) -> Callable[[], None]:
+    """A step that runs a .tflite graph under LiteRT on each of `inputs` in turn (the graphs take batch 1)."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=graph, num_threads=threads)
     interpreter.allocate_tensors()
     index = interpreter.get_input_details()[0]["index"]
-    x = net_inputs(net, 1, 0)
 
     def step() -> None:
-        interpreter.set_tensor(index, x)
-        interpreter.invoke()
+        for i in range(len(inputs)):
+            interpreter.set_tensor(index, inputs[i:i + 1])
+            interpreter.invoke()
 
+    return step
+
+
+def litert_worker(graph: bytes, net: str, threads: int, min_seconds: float, barrier) -> dict:
+    """Time LiteRT invokes of a .tflite graph, one real crop per invoke."""
+    step = litert_invokes(graph, net_inputs(net, 1, 0), threads)
     step()
     barrier.wait()
     return timed(step, 1, min_seconds)
@@ -92,7 +99,6 @@ def runtime_pair_worker(checkpoint: str, net: str, batch: int, graph: bytes, thr
     """ONNX Runtime (the actor's CPU runtime, batches of `batch`) against LiteRT (one input per invoke) on the same
     net and threads, in `rounds` alternating rounds of `round_seconds` each: milliseconds per input per round."""
     import torch
-    from ai_edge_litert.interpreter import Interpreter
 
     from pipeline.models.pose_model import load_pose_model
 
@@ -101,18 +107,11 @@ def runtime_pair_worker(checkpoint: str, net: str, batch: int, graph: bytes, thr
     module = model.pose.detector if net == "detector" else model.pose.landmarks
     inputs = net_inputs(net, batch, 0)
     x = model.pose.net_input(torch.from_numpy(inputs).permute(0, 3, 1, 2))
-    interpreter = Interpreter(model_content=graph, num_threads=threads)
-    interpreter.allocate_tensors()
-    index = interpreter.get_input_details()[0]["index"]
 
     def onnx_step() -> None:
         module(x)
 
-    def litert_step() -> None:
-        for i in range(batch):
-            interpreter.set_tensor(index, inputs[i:i + 1])
-            interpreter.invoke()
-
+    litert_step = litert_invokes(graph, inputs, threads)
     onnx_step(), litert_step()
     barrier.wait()
     times: dict[str, list[float]] = {"onnxruntime": [], "litert": []}

@@ -136,8 +136,9 @@ class RunWriter:
 
 
 def compact_tables(output: str, names: list[str], storage_options: dict[str, Any] | None, retention_hours: int,
-                   orphan_hours: int, cpus: float = 1.0) -> list[dict[str, Any]]:
-    """Compaction and vacuum of each table, in workers, in parallel (`pipeline.outputs.tables.compact`)."""
+                   orphan_hours: int, cpus: float) -> list[dict[str, Any]]:
+    """Compaction and vacuum of each table, in workers, in parallel, each reserving `cpus` (`write.compact_cpus`;
+    `pipeline.outputs.tables.compact`)."""
     import ray
 
     task = ray.remote(compact).options(num_cpus=cpus)
