@@ -311,6 +311,16 @@ def test_object_store_budget_counts_frames_as_they_travel(tmp_path):
     assert transit_frame_bytes(pa.table({"uri": [str(broken)]}), RunConfig(), 512, topdown=True) == 512 * 512 * 3
 
 
+def test_object_store_budget_does_not_wait_on_a_stalled_first_video(tmp_path, monkeypatch):
+    import pipeline.stages.plan
+
+    monkeypatch.setattr(pipeline.stages.plan, "PROBE_TIMEOUT_S", 0.5)
+    refs = pa.table({"uri": [stall_ref(tmp_path / "stalled.mp4", "cam1")["uri"]]})  # a read that never completes
+    started = time.monotonic()
+    assert transit_frame_bytes(refs, RunConfig(), 256, topdown=True) == 256 * 256 * 3
+    assert time.monotonic() - started < 5
+
+
 # --- the whole job through Ray -------------------------------------------------------------------------------
 
 GOOD = {"cam1/a_walk.mp4": dict(num_frames=24, width=96, height=64),

@@ -7,9 +7,10 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 from pipeline.config import ConfigError, RunConfig
 
@@ -209,16 +210,30 @@ def transit_frame_bytes(refs, config: RunConfig, input_size: int, topdown: bool)
     from pipeline.video import probe_video
 
     uri = refs.column("uri")[0].as_py()
-    try:
-        fs, path = resolve(uri, config.storage_options)
-        with fs.open(path, "rb") as file:
-            info = probe_video(file)
-        box = Letterbox.fit(info.width, info.height, input_size, pad=False)
-    except Exception as exc:  # the decode actors will report what is wrong with it; the budget falls back
+    found: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            fs, path = resolve(uri, config.storage_options)
+            with fs.open(path, "rb") as file:
+                info = probe_video(file)
+            found["box"] = Letterbox.fit(info.width, info.height, input_size, pad=False)
+        except Exception as exc:  # the decode actors will report what is wrong with it; the budget falls back
+            found["error"] = exc
+
+    # a stalled mount or object store would hold the driver before any work; a daemon thread is left behind instead
+    reader = threading.Thread(target=probe, name="posepipe-probe", daemon=True)
+    reader.start()
+    reader.join(PROBE_TIMEOUT_S)
+    if "box" not in found:
+        why = found.get("error", f"no answer in {PROBE_TIMEOUT_S:g} s")
         logger.info("object-store budget in %dx%d frames: the header of %s cannot be read (%s)", input_size,
-                    input_size, uri, exc)
+                    input_size, uri, why)
         return square
-    return box.resized_width * box.resized_height * 3
+    return found["box"].resized_width * found["box"].resized_height * 3
+
+
+PROBE_TIMEOUT_S = 10.0
 
 
 def build_dataset(refs, config: RunConfig, input_size: int, topdown: bool = False, verbose: bool = True):
