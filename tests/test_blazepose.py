@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -100,6 +101,51 @@ def test_landmark_nets_match_litert_on_real_photos(graphs, variant, name):
     assert (mask == (expected["Identity_2"] > 0)).mean() >= MASK_AGREEMENT       # wired right: the same person
     presence = float(out["presence"].reshape(()))
     assert abs(presence - float(expected["Identity_1"].reshape(()))) < PRESENCE_TOLERANCE and presence > 0.5
+
+
+def test_the_detector_runs_the_graphs_function_in_fewer_operations(graphs):
+    """The inference form (lateral convs before the upsampling, no depth-to-space) against the graph's own order of
+    ops, on a real photo and on noise (every anchor's output, not only the confident ones)."""
+    detector = weights.convert_detector(graphs["detector"]).double()
+    rng = np.random.default_rng(0)
+    photo_input = torch.from_numpy(photo("astronaut.png", 224).astype(np.float64) / 127.5 - 1.0).permute(2, 0, 1)
+    x = torch.stack([photo_input, torch.from_numpy(rng.uniform(-1, 1, (3, 224, 224)))])
+    with torch.inference_mode():
+        for fast, graph in zip(detector(x), detector(x, graph_order=True)):
+            assert torch.allclose(fast, graph, rtol=0, atol=1e-9 * graph.abs().max())
+
+
+@pytest.mark.parametrize("size", [(7, 7), (6, 9)])
+def test_a_depthwise_conv_on_a_depth_to_space_reads_the_blocks_in_place(size):
+    from pipeline.models.blazepose.detector import depthwise_on_depth_to_space
+    from pipeline.models.blazepose.layers import depth_to_space
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 5, 3, stride=2, padding=1, groups=5).double()
+    x = torch.randn(2, 20, *size, dtype=torch.float64)
+    with torch.inference_mode():
+        assert torch.allclose(depthwise_on_depth_to_space(x, conv), conv(depth_to_space(x, 2)), rtol=0, atol=1e-12)
+
+
+def test_an_onnx_export_is_not_reused_once_the_code_changes(tmp_path, monkeypatch):
+    import importlib.util
+
+    from pipeline.models.onnx_net import export_key
+
+    def net_from(name: str, forward: str) -> torch.nn.Module:
+        path = tmp_path / f"{name}.py"
+        path.write_text("import torch\n\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                        f"        self.conv = torch.nn.Conv2d(3, 4, 1)\n\n    def forward(self, x):\n        return {forward}\n")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        torch.manual_seed(0)
+        return module.Net()
+
+    before, again, after = net_from("a", "self.conv(x)"), net_from("b", "self.conv(x)"), net_from("c", "self.conv(x).relu()")
+    assert export_key(before, (3, 8, 8)) == export_key(again, (3, 8, 8)) != export_key(after, (3, 8, 8))
+    assert export_key(before, (3, 8, 8)) != export_key(before, (3, 16, 16))
 
 
 @pytest.mark.parametrize("variant", ["detector", *VARIANTS])

@@ -5,12 +5,13 @@ from the module with a dynamic batch: faster than torch eager, and on par with o
 imported graphs (docs/performance.md, session 11).
 
 Exporting takes seconds, so each export is cached on the node's disk (`onnx/` in the model cache), keyed by the
-module's weights, its class and the torch version that exported it.
+module's weights, the source files of its classes and the torch version that exported it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -24,12 +25,25 @@ logger = logging.getLogger(__name__)
 
 
 def export_key(module: torch.nn.Module, shape: tuple[int, ...]) -> str:
-    """A name for the export of `module` on inputs (B, *shape): its weights, class and the torch version."""
+    """A name for the export of `module` on inputs (B, *shape): its weights, its code and the torch version.
+
+    The code is the source files that define the classes of `module` and its children, so an export made before a
+    forward changed is never reused.
+    """
     digest = hashlib.sha256(f"{type(module).__qualname__}|{torch.__version__}|{shape}".encode())
+    for path in sorted({source_file(type(m)) for m in module.modules()} - {None}):
+        digest.update(Path(path).read_bytes())
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def source_file(cls: type) -> str | None:
+    try:
+        return inspect.getsourcefile(cls)
+    except TypeError:  # a class without a file (defined at run time)
+        return None
 
 
 class Flat(torch.nn.Module):

@@ -37,12 +37,34 @@ class DetectorHead(nn.Module):
         self.box_depthwise = nn.Conv2d(c, c, 3, stride=2, padding=1, groups=c)
         self.box = nn.Conv2d(c, anchors * 12, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = depth_to_space(x, 2)                                              # (B, C/4, 2H, 2W)
+    def forward(self, x: torch.Tensor, graph_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`graph_order`: the graph's own ops, which the weight converter follows; otherwise the same function without
+        moving a pixel for the depth-to-space (`depthwise_on_depth_to_space`)."""
         b = x.shape[0]
-        scores = self.score(self.score_depthwise(x)).permute(0, 2, 3, 1).reshape(b, -1, 1)  # (B, H*W*A, 1)
-        boxes = self.box(self.box_depthwise(x)).permute(0, 2, 3, 1).reshape(b, -1, 12)      # (B, H*W*A, 12)
-        return scores, boxes
+        if graph_order:
+            x = depth_to_space(x, 2)                                          # (B, C/4, 2H, 2W)
+            scores, boxes = self.score(self.score_depthwise(x)), self.box(self.box_depthwise(x))
+        else:
+            scores = self.score(depthwise_on_depth_to_space(x, self.score_depthwise))
+            boxes = self.box(depthwise_on_depth_to_space(x, self.box_depthwise))
+        return scores.permute(0, 2, 3, 1).reshape(b, -1, 1), boxes.permute(0, 2, 3, 1).reshape(b, -1, 12)
+
+
+def depthwise_on_depth_to_space(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv(depth_to_space(x, 2))` for a 3x3 depthwise `conv` of stride 2 and padding 1, computed on x as it lies.
+
+    Each of the 4 channel blocks of x (B, 4C, H, W) is one sub-grid (i, j) of the upsampled map, and the stride-2
+    conv reads sub-grid (i, j) with its taps (2u + i - 1, 2v + j - 1), u, v in {0, 1}, at rows and columns y - 1 + u,
+    x - 1 + v: a 2x2 depthwise conv per block (padded 1 above and left), summed over the blocks. No transpose copies
+    the map.
+    """
+    b, channels, h, w = x.shape
+    c = channels // 4
+    taps = nn.functional.pad(conv.weight, (1, 0, 1, 0))                      # (C, 1, 4, 4); row/col 0: no tap
+    kernel = torch.cat([taps[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)])  # (4C, 1, 2, 2), blocks 2i + j
+    bias = nn.functional.pad(conv.bias, (0, 3 * c))                          # added once, in block 0
+    y = nn.functional.conv2d(nn.functional.pad(x, (1, 0, 1, 0)), kernel, bias, groups=channels)
+    return y.reshape(b, 4, c, h, w).sum(1)                                    # (B, C, H, W)
 
 
 class PersonDetector(nn.Module):
@@ -59,15 +81,27 @@ class PersonDetector(nn.Module):
         self.blocks8 = nn.Sequential(BlazeBlock(96, depthwise_relu=False), BlazeBlock(96, depthwise_relu=False))
         self.head8, self.head16, self.head32 = DetectorHead(96, 2), DetectorHead(192, 2), DetectorHead(1152, 6)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, 224, 224) in [-1, 1] -> score logits (B, 2254, 1), boxes (B, 2254, 12) in input pixels."""
+    def forward(self, x: torch.Tensor, graph_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, 224, 224) in [-1, 1] -> score logits (B, 2254, 1), boxes (B, 2254, 12) in input pixels.
+
+        `graph_order`: the graph's own order of ops, which the weight converter follows (`pipeline.models.blazepose.
+        convert`); otherwise the same function in fewer operations (`lateral`, `DetectorHead`).
+        """
         _, _, f8, f16, f32 = self.encoder(x)                                  # (B, 40, 28, 28) ... (B, 1152, 7, 7)
-        up = nn.functional.interpolate(f32, scale_factor=2, mode="bilinear", align_corners=False)
-        p16 = self.blocks16(self.skip16(f16) + nn.functional.relu6(self.lateral16(up)))      # (B, 192, 14, 14)
-        up = nn.functional.interpolate(p16, scale_factor=2, mode="bilinear", align_corners=False)
-        p8 = self.blocks8(self.skip8(f8) + nn.functional.relu6(self.lateral8(up)))           # (B, 96, 28, 28)
-        (s8, b8), (s16, b16), (s32, b32) = self.head8(p8), self.head16(p16), self.head32(f32)
+        p16 = self.blocks16(self.skip16(f16) + lateral(self.lateral16, f32, graph_order))   # (B, 192, 14, 14)
+        p8 = self.blocks8(self.skip8(f8) + lateral(self.lateral8, p16, graph_order))        # (B, 96, 28, 28)
+        (s8, b8), (s16, b16), (s32, b32) = (head(p, graph_order) for head, p in
+                                            ((self.head8, p8), (self.head16, p16), (self.head32, f32)))
         return torch.cat([s8, s16, s32], dim=1), torch.cat([b8, b16, b32], dim=1)
+
+
+def lateral(conv: nn.Conv2d, x: torch.Tensor, graph_order: bool) -> torch.Tensor:
+    """ReLU6 of the 1x1 `conv` of `x` upsampled x2 (bilinear). Unless `graph_order`, the conv runs first, on a quarter
+    of the pixels: the same function, as bilinear weights sum to 1 and so commute with a 1x1 conv and its bias."""
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
+
+    return nn.functional.relu6(conv(up(x)) if graph_order else up(conv(x)))
 
 
 def ssd_anchors(input_size: int = INPUT_SIZE, strides: tuple[int, ...] = (8, 16, 32, 32, 32)) -> np.ndarray:

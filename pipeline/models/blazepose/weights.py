@@ -150,7 +150,8 @@ def read_graphs(archive: bytes, names: list[str]) -> dict[str, bytes]:
 
 
 def convert_detector(data: bytes) -> PersonDetector:
-    return convert_graph(PersonDetector(), data, "the BlazePose person detector (pose_detection.tflite)")
+    return convert_graph(PersonDetector(), data, "the BlazePose person detector (pose_detection.tflite)",
+                         lambda module, x: module(x, graph_order=True))
 
 
 def convert_landmarks(data: bytes, variant: str) -> LandmarkNet:
