@@ -7,9 +7,10 @@ threads. Rates are inputs/s: detector views (224x224) and landmark crops (256x25
     raw landmarks NAME    forward of B crops of landmark net NAME (lite, full or heavy), likewise
     litert ...            the same .tflite graph under ai-edge-litert, when installed (a test dependency)
     onnxruntime/litert    where both apply: ONNX Runtime (as the actor runs it, at the largest batch size) and LiteRT
-                          in one process, in alternating rounds; the note gives the median ratio of their times
-                          per input. Rows timed minutes apart in separate processes moved by up to 1.6x between
-                          runs on a shared machine; alternating rounds see the same background load.
+                          in one process, one batch each in turn (A B B A ...); the note gives the median of the
+                          pairs' ratios of time per input, and the ratio of the two best batches. Rows timed minutes
+                          apart in separate processes moved by up to 1.6x between runs on a shared machine, and
+                          rounds of a second each by 1.0-1.2x; neighbouring batches see the same background load.
 
 Each net runs in its own spawned process (`run_workers`), as the raw model rows do.
 """
@@ -94,10 +95,11 @@ def litert_worker(graph: bytes, net: str, threads: int, min_seconds: float, barr
     return timed(step, 1, min_seconds)
 
 
-def runtime_pair_worker(checkpoint: str, net: str, batch: int, graph: bytes, threads: int, rounds: int,
-                        round_seconds: float, barrier) -> dict:
+def runtime_pair_worker(checkpoint: str, net: str, batch: int, graph: bytes, threads: int, min_seconds: float,
+                        barrier) -> dict:
     """ONNX Runtime (the actor's CPU runtime, batches of `batch`) against LiteRT (one input per invoke) on the same
-    net and threads, in `rounds` alternating rounds of `round_seconds` each: milliseconds per input per round."""
+    net and threads, one batch each in turn, in A B B A order (neither always follows the other), for at least
+    `min_seconds` and PAIR_MIN_STEPS batches each: milliseconds per input of each batch, in pairs."""
     import torch
 
     from pipeline.models.pose_model import load_pose_model
@@ -107,31 +109,34 @@ def runtime_pair_worker(checkpoint: str, net: str, batch: int, graph: bytes, thr
     module = model.pose.detector if net == "detector" else model.pose.landmarks
     inputs = net_inputs(net, batch, 0)
     x = model.pose.net_input(torch.from_numpy(inputs).permute(0, 3, 1, 2))
-
-    def onnx_step() -> None:
-        module(x)
-
-    litert_step = litert_invokes(graph, inputs, threads)
-    onnx_step(), litert_step()
+    steps = {"onnxruntime": lambda: module(x), "litert": litert_invokes(graph, inputs, threads)}
+    for step in steps.values():
+        step()
     barrier.wait()
-    times: dict[str, list[float]] = {"onnxruntime": [], "litert": []}
-    for _ in range(rounds):
-        for name, step in (("onnxruntime", onnx_step), ("litert", litert_step)):
-            result = timed(step, batch, round_seconds)
-            times[name].append(1e3 * result["seconds"] / result["inputs"])
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    begin = time.perf_counter()
+    while len(times["litert"]) < PAIR_MIN_STEPS or time.perf_counter() - begin < min_seconds:
+        for name in (steps if len(times["litert"]) % 2 == 0 else reversed(steps)):
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(1e3 * (time.perf_counter() - start) / batch)
     return times
+
+
+PAIR_MIN_STEPS = 6
 
 
 def pair_row(name: str, batch: int, threads: int, times: dict[str, list[float]]) -> Measurement:
     onnx, lite = np.array(times["onnxruntime"]), np.array(times["litert"])
     per_input = float(np.median(onnx))
     row = Measurement(f"onnxruntime/litert {name}",
-                      f"B={batch} / B=1, {threads} thr, cpu float32, {len(onnx)} alternating rounds",
-                      len(onnx) * batch, len(onnx) * batch * per_input / 1e3)
+                      f"B={batch} / B=1, {threads} thr, cpu float32, {len(onnx)} alternating batches",
+                      len(onnx) * batch, float(onnx.sum()) * batch / 1e3)
     row.extra.update(ms_per_input=per_input, onnxruntime_ms=per_input, litert_ms=float(np.median(lite)),
-                     ratio=float(np.median(onnx / lite)), rounds=times)
+                     ratio=float(np.median(onnx / lite)), best_ratio=float(onnx.min() / lite.min()), steps=times)
     row.note = (f"ONNX Runtime {row.extra['onnxruntime_ms']:.2f} / LiteRT {row.extra['litert_ms']:.2f} ms per "
-                f"{'view' if name == 'detector' else 'crop'} (medians); ratio {row.extra['ratio']:.2f}")
+                f"{'view' if name == 'detector' else 'crop'} (medians); ratio {row.extra['ratio']:.2f}, "
+                f"of the best batches {row.extra['best_ratio']:.2f}")
     return row
 
 
@@ -158,7 +163,7 @@ def raw_net_rates(checkpoints: dict[str, str], batch_sizes: list[int], device: s
                   compile_model: bool = False, min_seconds: float = 3.0, litert: bool = True) -> list[Measurement]:
     """Rows for the detector (of the first checkpoint) and every landmark variant in `checkpoints` (variant -> URI),
     torch (and ONNX Runtime where it applies: fp32 on a CPU) at each batch size and LiteRT at batch 1, on `threads`
-    threads each; where both ONNX Runtime and LiteRT run, the two again in alternating rounds in one process."""
+    threads each; where both ONNX Runtime and LiteRT run, the two again in alternating batches in one process."""
     from pipeline.models.blazepose import weights
     from pipeline.models.runtime import autocast_dtype, pick_device, pick_runtime
 
@@ -190,11 +195,8 @@ def raw_net_rates(checkpoints: dict[str, str], batch_sizes: list[int], device: s
             [result] = run_workers(litert_worker, [(graph, net, threads, min_seconds)])
             rows.append(net_row(f"litert {name}", f"B=1, {threads} thr, cpu float32 (XNNPACK)", result, 1))
             if "onnxruntime" in runtimes:
-                batch, rounds = max(batch_sizes), PAIR_ROUNDS
-                [times] = run_workers(runtime_pair_worker, [(uri, net, batch, graph, threads, rounds,
-                                                             min_seconds / rounds)])
+                batch = max(batch_sizes)
+                [times] = run_workers(runtime_pair_worker, [(uri, net, batch, graph, threads, min_seconds)])
                 rows.append(pair_row(name, batch, threads, times))
     return rows
 
-
-PAIR_ROUNDS = 6
