@@ -133,6 +133,25 @@ def test_runs_wait_for_the_actors_of_the_previous_run_to_exit():
         actor.wait()
 
 
+def test_the_sampler_reads_each_threads_wait_at_most_every_wait_interval(monkeypatch):
+    """Reading every thread's schedstat is the sampler's largest cost (Ray's processes have dozens of threads): it
+    reads them at the first sample, every `wait_interval_s`, and at the last, and counts CPU at every sample."""
+    import time
+
+    from jobs.benchmark import resources
+
+    reads = []
+    monkeypatch.setattr(resources, "read_cpu_wait", lambda pid: reads.append(pid) or 0.1 * reads.count(pid))
+    with resources.ResourceSampler(interval_s=0.01, store_interval_s=100, wait_interval_s=0.25) as sampler:
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:   # the driver's own CPU, which every sample sees
+            sum(range(1000))
+    driver = sampler.cpu_seconds()["driver"]
+    count = reads.count(sampler.process.pid)
+    assert 3 <= count <= 5                                     # first, 2-3 in between, last; not ~60
+    assert driver["cpu_s"] > 0.3 and driver["wait_s"] == pytest.approx(0.1 * (count - 1))
+
+
 def test_runs_wait_for_the_idle_workers_an_earlier_run_left():
     import subprocess
     import sys

@@ -118,15 +118,16 @@ class ResourceSampler:
     all threads, ended ones included) from the first to the last sample of each process; a process that started
     during the run counts from zero, so actor start-up (imports, model load) is in. CPU seconds per frame barely
     depend on background load, so they compare configurations on a shared machine where wall-clock rates do not.
-    `wait_s` is the time live threads were runnable but waiting for a CPU (Linux schedstat; threads that ended
-    between samples are missed, so it is a lower bound): how much contention held the job back.
+    `wait_s` is the time live threads were runnable but waiting for a CPU (Linux schedstat, read every
+    `wait_interval_s`: one file per thread, and Ray's processes have dozens; threads that ended between reads are
+    missed, so it is a lower bound): how much contention held the job back.
     """
 
-    def __init__(self, interval_s: float = 0.25, store_interval_s: float = 1.0):
+    def __init__(self, interval_s: float = 0.25, store_interval_s: float = 1.0, wait_interval_s: float = 2.0):
         import psutil
 
         self.process = psutil.Process()
-        self.interval_s, self.store_interval_s = interval_s, store_interval_s
+        self.interval_s, self.store_interval_s, self.wait_interval_s = interval_s, store_interval_s, wait_interval_s
         self.driver_mb = self.workers_mb = self.workers_anon_mb = 0.0
         self.store_mb: float | None = None
         self.role_mb: dict[str, float] = {}       # largest single process per role
@@ -139,7 +140,7 @@ class ResourceSampler:
         self._started = time.monotonic()
         self.cpu: dict[int, tuple[str, tuple[float, float], tuple[float, float]]] = {}  # pid -> role, first, last
         self._first_sample = True
-        self._last_store = -math.inf
+        self._last_store = self._last_wait = -math.inf
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -152,15 +153,17 @@ class ResourceSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._last_wait = -math.inf  # the last sample reads every thread's wait
         self.sample()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def _track_cpu(self, proc, role: str) -> None:
+    def _track_cpu(self, proc, role: str, read_wait: bool) -> None:
         times = proc.cpu_times()
-        now = (times.user + times.system, read_cpu_wait(proc.pid) or 0.0)
+        last_wait = self.cpu[proc.pid][2][1] if proc.pid in self.cpu else 0.0
+        now = (times.user + times.system, (read_cpu_wait(proc.pid) or 0.0) if read_wait else last_wait)
         if proc.pid in self.cpu:
             first = self.cpu[proc.pid][1]
         else:  # there before the run: count from now; started during it: count all of its life
@@ -171,7 +174,10 @@ class ResourceSampler:
         import psutil
 
         self.driver_mb = max(self.driver_mb, self.process.memory_info().rss / MB)
-        self._track_cpu(self.process, "driver")
+        read_wait = time.monotonic() - self._last_wait >= self.wait_interval_s
+        if read_wait:
+            self._last_wait = time.monotonic()
+        self._track_cpu(self.process, "driver", read_wait)
         total = anon = 0.0
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -179,7 +185,7 @@ class ResourceSampler:
             try:
                 role = process_role(child.cmdline())
                 info = child.memory_info() if role else None
-                self._track_cpu(child, role or "node")
+                self._track_cpu(child, role or "node", read_wait)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             if info is not None:
