@@ -134,8 +134,10 @@ def test_an_onnx_export_is_not_reused_once_the_code_changes(tmp_path, monkeypatc
 
     def net_from(name: str, forward: str) -> torch.nn.Module:
         path = tmp_path / f"{name}.py"
-        path.write_text("import torch\n\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-                        f"        self.conv = torch.nn.Conv2d(3, 4, 1)\n\n    def forward(self, x):\n        return {forward}\n")
+        path.write_text("import torch\n\n\nclass Net(torch.nn.Module):\n"
+                        "    def __init__(self):\n        super().__init__()\n"
+                        "        self.conv = torch.nn.Conv2d(3, 4, 1)\n\n"
+                        f"    def forward(self, x):\n        return {forward}\n")
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, name, module)
@@ -143,7 +145,8 @@ def test_an_onnx_export_is_not_reused_once_the_code_changes(tmp_path, monkeypatc
         torch.manual_seed(0)
         return module.Net()
 
-    before, again, after = net_from("a", "self.conv(x)"), net_from("b", "self.conv(x)"), net_from("c", "self.conv(x).relu()")
+    before, again = net_from("a", "self.conv(x)"), net_from("b", "self.conv(x)")
+    after = net_from("c", "self.conv(x).relu()")                       # same weights, same class name, other code
     assert export_key(before, (3, 8, 8)) == export_key(again, (3, 8, 8)) != export_key(after, (3, 8, 8))
     assert export_key(before, (3, 8, 8)) != export_key(before, (3, 16, 16))
 
