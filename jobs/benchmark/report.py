@@ -183,8 +183,17 @@ def machine_description() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpus": os.cpu_count(), "cpu_model": cpu, "gpu": gpu, "torch": torch.__version__,
+    return {"cpus": os.cpu_count(), "cpu_model": cpu, "vector_isa": vector_isa(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": gpu, "torch": torch.__version__,
             "python": platform.python_version(), "load_average_1m": os.getloadavg()[0]}
+
+
+def vector_isa() -> str:
+    """The widest x86 vector ISA that programs here see in cpuid (numpy's probe): "AVX512F", "AVX2", ..., or ""
+    elsewhere. Under infra/cpu/as-avx2 an AVX-512 machine reads "AVX2", as ONNX Runtime and LiteRT see it."""
+    from numpy._core._multiarray_umath import __cpu_features__ as features
+
+    return next((isa for isa in ("AVX512F", "AVX2", "AVX", "SSE42") if features.get(isa)), "")
 
 
 def write_outputs(out: Path, rows: list[Measurement], summary: dict[str, Any], context: dict[str, Any]) -> None:
