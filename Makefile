@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install models demo test test-fast benchmark gpu-pack clean
+.PHONY: install models demo test test-fast test-avx2 benchmark gpu-pack clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,13 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the tests of numbers (nets against LiteRT, decoding, grouping) with every runtime held to AVX2, as on the AVX2
+# machines, on an AVX-512 one (infra/cpu/as-avx2: needs CPUID faulting)
+AVX2_TESTS := tests/test_blazepose.py tests/test_topdown.py tests/test_heatmaps.py tests/test_grouping.py \
+	tests/test_preprocess.py tests/test_inference.py tests/test_model.py
+test-avx2: install
+	infra/cpu/as-avx2 $(BIN)/python -m pytest -q $(AVX2_TESTS)
 
 benchmark: install
 	$(BIN)/posepipe benchmark
