@@ -181,6 +181,38 @@ def test_videos_follow_people_between_detector_runs_and_detect_again_when_one_is
     assert sum(calls) == 3 + 1                 # runs start at 0, 4, 8; frame 6 follows a frame that lost her
 
 
+@pytest.mark.parametrize("carry_over", [False, True])
+def test_a_person_the_detector_misses_at_a_runs_first_frame_is_carried_over_when_asked(carry_over):
+    """The detector misses her on frame 4, the first of the second run. Without `carry_over` she is gone until the
+    third run (frame 8); with it she is followed on from frame 3, where the camera moved her, and found once."""
+    config = TopDownConfig(detect_every=4, carry_over=carry_over)
+    model, _ = load_pose_model("blazepose-heavy", torch.device("cpu"), "fp32", topdown=config)
+    photo = read_photo("astronaut.png")
+    clip = pan_and_zoom(photo, 12, (480, 360))
+    frames, letterbox = frames_of(clip)
+    content = torch.tensor([letterbox.picture_box] * len(clip), dtype=torch.float32)
+    detect, calls = model.pose.detect, []
+
+    def blind_on_frame_4(frames, content):
+        found = detect(frames, content)
+        if not calls:                                                          # step 0: frames 0, 4 and 8
+            found[1] = (np.zeros(0, np.float32), np.zeros((0, 2, 2), np.float32))
+        calls.append(len(frames))
+        return found
+
+    model.pose.detect = blind_on_frame_4
+    people = model.pose.estimate(torch.from_numpy(frames), content, [list(range(12))])
+    assert calls == [3]                                                        # the detector ran as scheduled only
+    counts = [len(found.scores) for found in people]
+    assert counts[:4] == [1] * 4 and counts[8:] == [1] * 4
+    assert counts[4:8] == ([1] * 4 if carry_over else [0] * 4)
+    nose = KEYPOINT_INDEX["nose"]
+    for t in range(4, 8) if carry_over else ():
+        expected = pan_and_zoom_matrices(photo.shape[:2], 12, (480, 360))[t] @ [*LABELS["astronaut.png"]["nose"], 1.0]
+        error = np.linalg.norm(letterbox.to_image(people[t].keypoints[0, nose, :2]) - expected)
+        assert error < 12, f"frame {t}: nose {error:.1f} px from where the camera moved it"
+
+
 def labelled_set(folder: Path) -> Path:
     """The two photos as a COCO keypoint set with the hand labels (v = 2) and a box around each person."""
     (folder / "images").mkdir(parents=True)
