@@ -377,15 +377,16 @@ def assert_same_rows(output: Path, clean: Path, names: set[str] | None = None) -
         # Same rows, same keys, same ids: exactly. Values: batch composition differs between runs and CPU kernels
         # round differently per batch shape (~1e-9 in map values). The random net's maps hover around zero, where
         # that rounding is a large share of a value, and the sub-pixel peak fit turns it into keypoint moves of up
-        # to ~1e-3 px on one machine and 0.022 px on another (CI), and the scores read at those points (~2e-4) by
-        # up to 1.1e-6 (measured). So pixels are compared to 0.05 px, scores to 1e-5 and the rest (times) to 1e-4
-        # of itself.
+        # to ~1e-3 px on one machine, 0.022 px on another (CI) and once 0.06 px (an AVX-512 EPYC), and the scores
+        # read at those points (~2e-4) by up to 1.1e-6 (measured). So pixels are compared to 0.1 px (a lost, doubled
+        # or misplaced row moves whole pixels, and the keys above are exact), scores to 1e-5 and the rest (times)
+        # to 1e-4 of itself.
         pixels = [c for c in want.columns if c.startswith(("bbox_", "min_", "max_")) or c.endswith(("_x", "_y"))]
         scores = [c for c in want.columns if c.endswith("_score")]
         pd.testing.assert_frame_equal(got.drop(columns=pixels + scores), want.drop(columns=pixels + scores),
                                       check_exact=False, rtol=1e-4, atol=1e-6)
         pd.testing.assert_frame_equal(got[scores], want[scores], check_exact=False, rtol=0, atol=1e-5)
-        pd.testing.assert_frame_equal(got[pixels], want[pixels], check_exact=False, rtol=0, atol=0.05)
+        pd.testing.assert_frame_equal(got[pixels], want[pixels], check_exact=False, rtol=0, atol=0.1)
 
 
 @pytest.fixture(scope="module")
