@@ -39,7 +39,6 @@ static long set_cpuid_enabled(int enabled) { return syscall(SYS_arch_prctl, ARCH
 
 /* Leaf 7: AVX-512 foundation and extensions, AMX, AVX-VNNI and AVX512-BF16 cleared; AVX2, FMA, BMI kept. */
 static void as_avx2(unsigned leaf, unsigned subleaf, unsigned *a, unsigned *b, unsigned *c, unsigned *d) {
-    (void)a;
     if (leaf == 7 && subleaf == 0) {
         /* EBX: avx512f 16, dq 17, ifma 21, pf 26, er 27, cd 28, bw 30, vl 31 */
         *b &= ~((1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 30) |

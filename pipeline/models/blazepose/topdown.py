@@ -380,7 +380,7 @@ class TopDownPose:
         return results
 
     def follow_missed(self, frames: torch.Tensor, runs: list[list[int]], follows: dict[int, int],
-                   results: list[People]) -> None:
+                      results: list[People]) -> None:
         """Follow the people the detector missed at a run's first frame on from the run before it.
 
         A run starts from the detector's people alone, so a person followed to the last frame of one run and missed
