@@ -10,7 +10,7 @@ import pytest
 from jobs.benchmark import main, parse_args
 from jobs.benchmark.archive import archive_videos, benchmark_archive, video_frames
 from jobs.benchmark.raw import raw_decode_rate, raw_model_rates
-from jobs.benchmark.report import COLUMNS, Measurement, markdown_table, summarize
+from jobs.benchmark.report import AFTER_PIPELINE, COLUMNS, Measurement, format_summary, markdown_table, summarize
 from jobs.benchmark.runs import steady_rate
 
 
@@ -68,9 +68,25 @@ def test_summary_ratios_and_markdown_table():
     assert summary["pipeline_marginal_frames_per_s"] == pytest.approx(400 / 8)   # (420 - 20) / (13 - 5)
     assert summary["ratio_marginal"] == pytest.approx(1.0)
     assert summary["memory_ratio_20_vs_1"] == pytest.approx(540 / 500)
+    assert "bracketed" not in summary
     lines = markdown_table(rows).splitlines()
     assert lines[0] == "| " + " | ".join(COLUMNS) + " |" and len(lines) == 2 + len(rows)
     assert lines[-1].startswith("| pipeline | x, 20 videos | 420 | 13.0 | 32.3 | 110.0 | 430.0 | - |")
+
+
+def test_summary_brackets_the_pipeline_with_the_raw_model_measured_before_and_after():
+    rows = [Measurement("raw decode", "", 300, 1.0), Measurement("raw model", "", 50, 1.0),
+            Measurement("pipeline 1 video", "", 20, 5.0), Measurement("pipeline", "", 420, 13.0,
+                                                                       extra={"steady_frames_per_s": 36.0}),
+            Measurement(AFTER_PIPELINE, "", 40, 1.0)]                      # the machine slowed down by 20 %
+    summary = summarize(rows)
+    assert summary["ratio_wall"] == pytest.approx(420 / 13 / 50)           # against the raw model before only
+    assert summary["raw_model_drift"] == pytest.approx(0.8)
+    bracketed = summary["bracketed"]
+    assert bracketed["raw_bound_frames_per_s"] == pytest.approx(45)
+    assert bracketed["ratio_wall"] == pytest.approx(420 / 13 / 45)
+    assert bracketed["ratio_marginal"] == pytest.approx(50 / 45) and bracketed["ratio_steady"] == pytest.approx(0.8)
+    assert "0.80 x its rate before" in format_summary(summary)
 
 
 def test_steady_rate_counts_from_the_first_video_finished_to_the_last():
@@ -97,17 +113,17 @@ def test_main_writes_the_table_with_every_row(ray_local, tiny_checkpoint, cache,
     assert code == 0
     result = json.loads(out.with_suffix(".json").read_text())
     names = [row["measurement"] for row in result["rows"]]
-    assert names == ["raw decode", "raw model fwd", "raw model", "pipeline 1 video", "pipeline"]
+    assert names == ["raw decode", "raw model fwd", "raw model", "pipeline 1 video", "pipeline", AFTER_PIPELINE]
     assert all(list(row)[:len(COLUMNS)] == list(COLUMNS) for row in result["rows"])
     frames = {row["measurement"]: row["frames"] for row in result["rows"]}
     assert frames["raw decode"] == frames["pipeline"] == 3 * 6 and frames["pipeline 1 video"] == 6
-    pipeline = result["rows"][-1]
+    pipeline = result["rows"][-2]
     assert pipeline["driver_rss_mb"] > 0 and pipeline["workers_rss_mb"] > 0
     assert {"FrameDecoder", "PoseEstimator"} <= set(pipeline["extra"]["role_peak_rss_mb"])
     parts = pipeline["extra"]["workers_peak_by_role_mb"]          # what the workers' peak was, at that instant
     assert sum(parts.values()) == pytest.approx(pipeline["workers_rss_mb"])
     assert pipeline["extra"]["workers_peak_at_s"] >= 0
-    assert {"ratio_wall", "ratio_steady", "raw_bound_frames_per_s"} <= set(result["summary"])
+    assert {"ratio_wall", "ratio_steady", "raw_bound_frames_per_s", "bracketed"} <= set(result["summary"])
     assert result["context"]["machine"]["cpus"] >= 1
     assert "| pipeline |" in out.with_suffix(".md").read_text()
     assert ray_local.is_initialized()                                # the benchmark leaves a Ray it did not start

@@ -11,6 +11,9 @@ Rows of the table (all rates in frames/s; every row of one run is measured on th
     pipeline 1 video  the same job on one video of the archive; with the row above it gives the marginal rate
                       (the fixed cost of a run, actors starting and the model loading, left out) and the memory
                       check (peak RSS of 1 vs 20 videos of the same length)
+    raw model after pipeline  the raw model's whole call again, right after the pipeline rows: the summary also
+                      gives the ratios against the mean of the two raw model rows, which brackets the pipeline in
+                      time (the machine's speed can move by 10-20 % within minutes)
     scaling           the pipeline with 1, 2, ... decode actors
     memory ...        20 videos when the archive has another count; with --long a short and a long 1080p video
     variant ...       with --variant: the pipeline under other settings, alternating with the baseline --repeat
@@ -38,6 +41,7 @@ from typing import Any
 from jobs.benchmark.archive import DEFAULT_CACHE, archive_videos, benchmark_archive, default_checkpoint, video_frames
 from jobs.benchmark.raw import raw_decode_rate, raw_model_rates
 from jobs.benchmark.report import (
+    AFTER_PIPELINE,
     Measurement,
     format_summary,
     machine_description,
@@ -185,6 +189,12 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Measurement], dict[str
         if "pipeline" not in skip:
             rows.append(pipeline_run(single, base, "pipeline 1 video"))
             rows.append(pipeline_run(archive, base, "pipeline"))
+            if "raw" not in skip:  # the machine's speed moves within minutes: the raw model again, right after
+                _, after = raw_model_rates(checkpoint, args.batch_size, pools.infer, pools.threads, args.device,
+                                           args.precision, args.compile, args.model_seconds, model_frames, size,
+                                           (width, height))
+                after.measurement = AFTER_PIPELINE
+                rows.append(after)
         for repetition in range(args.repeat if args.variants else 0):  # baseline and variants, interleaved
             for name, overrides in [("baseline", [])] + args.variants:
                 rows.append(pipeline_run(archive, base + overrides, f"variant {name}",

@@ -19,6 +19,7 @@ MEMORY_TARGET = 1.2      # peak RSS of 20 videos / 1 video must stay below this
 
 
 RATIO_TARGET = 0.8       # pipeline / min(raw decode, raw model) must reach this (#26)
+AFTER_PIPELINE = "raw model after pipeline"   # the raw model's row measured again right after the pipeline rows
 
 
 @dataclass
@@ -87,6 +88,8 @@ def summarize(rows: list[Measurement]) -> dict[str, Any]:
     The ratio is given three times: on wall time; on the marginal rate (frames added / seconds added between the
     1-video and the N-video run), which leaves out the fixed cost each run pays (actors start, model loads) if both
     runs pay the same; and on the steady rate of the N-video run (`steady_rate`), which needs no such assumption.
+    With the raw model measured again after the pipeline (`AFTER_PIPELINE`), the three are also given against the
+    mean of the two raw model rates (`bracketed`), and `raw_model_drift` is after / before.
     """
     out: dict[str, Any] = {}
     decode, model, pipe = find_row(rows, "raw decode"), find_row(rows, "raw model"), find_row(rows, "pipeline")
@@ -105,6 +108,16 @@ def summarize(rows: list[Measurement]) -> dict[str, Any]:
             out["pipeline_steady_frames_per_s"] = steady
             out["ratio_steady"] = steady / bound if bound else None
         out["ratio_target"] = RATIO_TARGET
+        after = find_row(rows, AFTER_PIPELINE)
+        if after and model.frames_per_s:
+            out["raw_model_drift"] = after.frames_per_s / model.frames_per_s
+            mean = (model.frames_per_s + after.frames_per_s) / 2
+            both = min(decode.frames_per_s, mean)
+            out["bracketed"] = {"raw_bound_frames_per_s": both, "ratio_wall": pipe.frames_per_s / both}
+            for name, rate in (("ratio_marginal", out.get("pipeline_marginal_frames_per_s")),
+                               ("ratio_steady", out.get("pipeline_steady_frames_per_s"))):
+                if rate:
+                    out["bracketed"][name] = rate / both
         raw_cpu = [m.extra.get("cpu_ms_per_frame") for m in (decode, model)]
         if one and None not in raw_cpu and "cpu" in pipe.extra and "cpu" in one.extra and pipe.frames > one.frames:
             per_frame = {role: 1e3 * (pipe.extra["cpu"][role]["cpu_s"] - one.extra["cpu"].get(role, {}).get("cpu_s", 0))
@@ -152,6 +165,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                         f"({summary['pipeline_steady_frames_per_s']:.1f} frames/s from the first video finished to "
                         f"the last)" if "ratio_steady" in summary else "")
                      + f" (target >= {RATIO_TARGET})")
+    if "bracketed" in summary:
+        bracketed = summary["bracketed"]
+        lines.append(f"raw model after the pipeline runs {summary['raw_model_drift']:.2f} x its rate before; against "
+                     f"the mean of the two ({bracketed['raw_bound_frames_per_s']:.1f} frames/s): "
+                     + ", ".join(f"{bracketed[key]:.2f} {label}" for key, label in
+                                 (("ratio_wall", "on wall time"), ("ratio_marginal", "marginal"),
+                                  ("ratio_steady", "steady")) if key in bracketed))
     if summary.get("memory_ratio_20_vs_1") is not None:
         job = summary.get("job_memory_ratio_20_vs_1")
         lines.append(f"peak RSS 20 videos / 1 video = {summary['memory_ratio_20_vs_1']:.2f} driver + all Ray workers"
