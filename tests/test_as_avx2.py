@@ -42,9 +42,9 @@ def answered(stderr: str) -> int:
 
 
 SEEN = """
-from numpy._core._multiarray_umath import __cpu_features__ as f
 import torch
-from jobs.benchmark.report import vector_isa
+from jobs.benchmark.report import cpu_features, vector_isa
+f = cpu_features()
 print(f["AVX2"], f["AVX512F"], f.get("AVX512BF16"), torch.backends.cpu.get_cpu_capability(), vector_isa())
 """
 
@@ -93,7 +93,8 @@ ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 
 @ray.remote
 def seen():
-    from numpy._core._multiarray_umath import __cpu_features__ as f
+    from jobs.benchmark.report import cpu_features
+    f = cpu_features()
     return f["AVX2"], f["AVX512F"]
 
 print(*ray.get(seen.remote()))

@@ -211,9 +211,17 @@ def machine_description() -> dict[str, Any]:
 def vector_isa() -> str:
     """The widest x86 vector ISA that programs here see in cpuid (numpy's probe): "AVX512F", "AVX2", ..., or ""
     elsewhere. Under infra/cpu/as-avx2 an AVX-512 machine reads "AVX2", as ONNX Runtime and LiteRT see it."""
-    from numpy._core._multiarray_umath import __cpu_features__ as features
-
+    features = cpu_features()
     return next((isa for isa in ("AVX512F", "AVX2", "AVX", "SSE42") if features.get(isa)), "")
+
+
+def cpu_features() -> dict[str, bool]:
+    """numpy's runtime CPU feature probe (read from cpuid when numpy loads): {"AVX2": True, "AVX512F": False, ...}."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features  # numpy 2
+    except ImportError:
+        from numpy.core._multiarray_umath import __cpu_features__ as features  # numpy 1.26
+    return dict(features)
 
 
 def write_outputs(out: Path, rows: list[Measurement], summary: dict[str, Any], context: dict[str, Any]) -> None:

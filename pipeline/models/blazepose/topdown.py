@@ -412,7 +412,7 @@ class TopDownPose:
             found = self.run_landmarks(frames, self.to_device(frame_ids), self.crops(alignment[index]))
             alignment = alignment.index_copy(0, index, found["alignment"])
             steps.append((alive, frame_ids, found))
-        people = self.to_people({key: torch.cat([found[key] for _, _, found in steps]) for key in steps[0][2]})
+        people = self.to_people({key: torch.cat([out[key] for _, _, out in steps]) for key in steps[0][2]})
         following = np.ones(len(carried), bool)                                  # present at every step so far
         added: dict[int, list[int]] = {}
         row = 0
